@@ -1,0 +1,10 @@
+"""Synthetic tasks whose latent structure we know, so every result can be graded.
+
+A task is a small object with `d_vocab`, `n_ctx`, `sample(batch_size, generator)` and
+`target_mask` (which next-token predictions count towards the loss).
+"""
+
+from mechlearn.tasks.base import Task
+from mechlearn.tasks.sorting import SortingTask
+
+__all__ = ["Task", "SortingTask"]

@@ -1,0 +1,170 @@
+"""A transformer from scratch, in einops: the reference answer to chapter 01.
+
+Read it top to bottom: it follows the data through the model. Parameter names are
+TransformerLens's (`W_E`, `W_Q`, `b_O`, ...), so `Transformer.load_weights_from` can
+copy any toy `TransformerBridge` of the same shape and the two agree to 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechlearn.models import ModelConfig
+
+
+def layer_norm(
+    x: Float[Tensor, "batch pos d_model"],
+    w: Float[Tensor, "d_model"],
+    b: Float[Tensor, "d_model"],
+    eps: float = 1e-5,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Centre each residual vector, scale it to unit variance, then apply `w` and `b`."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    scale = (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+    return centred / scale * w + b
+
+
+def embed(tokens: Int[Tensor, "batch pos"], W_E: Float[Tensor, "d_vocab d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    """Look up each token's row of the embedding matrix."""
+    return W_E[tokens]
+
+
+def pos_embed(tokens: Int[Tensor, "batch pos"], W_pos: Float[Tensor, "n_ctx d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    """The learned vector of each position, repeated over the batch."""
+    batch, seq_len = tokens.shape
+    return einops.repeat(W_pos[:seq_len], "pos d_model -> batch pos d_model", batch=batch)
+
+
+def attention_scores(
+    x: Float[Tensor, "batch pos d_model"],
+    W_Q: Float[Tensor, "n_heads d_model d_head"],
+    b_Q: Float[Tensor, "n_heads d_head"],
+    W_K: Float[Tensor, "n_heads d_model d_head"],
+    b_K: Float[Tensor, "n_heads d_head"],
+) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+    """Query-key dot products of every head, divided by sqrt(d_head)."""
+    q = einops.einsum(x, W_Q, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_Q
+    k = einops.einsum(x, W_K, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_K
+    scores = einops.einsum(q, k, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos")
+    return scores / math.sqrt(W_Q.shape[-1])
+
+
+def apply_causal_mask(scores: Float[Tensor, "batch n_heads query_pos key_pos"]) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+    """Set the score of every key after its query to -inf, so softmax gives it zero weight."""
+    n_query, n_key = scores.shape[-2:]
+    future = torch.triu(torch.ones(n_query, n_key, dtype=torch.bool, device=scores.device), diagonal=1)
+    return scores.masked_fill(future, float("-inf"))
+
+
+def attention(
+    x: Float[Tensor, "batch pos d_model"],
+    W_Q: Float[Tensor, "n_heads d_model d_head"],
+    b_Q: Float[Tensor, "n_heads d_head"],
+    W_K: Float[Tensor, "n_heads d_model d_head"],
+    b_K: Float[Tensor, "n_heads d_head"],
+    W_V: Float[Tensor, "n_heads d_model d_head"],
+    b_V: Float[Tensor, "n_heads d_head"],
+    W_O: Float[Tensor, "n_heads d_head d_model"],
+    b_O: Float[Tensor, "d_model"],
+) -> Float[Tensor, "batch pos d_model"]:
+    """Causal multi-head self-attention: scores, mask, pattern, weighted values z, output."""
+    pattern = apply_causal_mask(attention_scores(x, W_Q, b_Q, W_K, b_K)).softmax(dim=-1)
+    v = einops.einsum(x, W_V, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_V
+    z = einops.einsum(pattern, v, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head")
+    return einops.einsum(z, W_O, "batch pos head d_head, head d_head d_model -> batch pos d_model") + b_O
+
+
+def mlp(
+    x: Float[Tensor, "batch pos d_model"],
+    W_in: Float[Tensor, "d_model d_mlp"],
+    b_in: Float[Tensor, "d_mlp"],
+    W_out: Float[Tensor, "d_mlp d_model"],
+    b_out: Float[Tensor, "d_model"],
+) -> Float[Tensor, "batch pos d_model"]:
+    """Up-project, GELU, down-project: the same function at every position."""
+    hidden = F.gelu(einops.einsum(x, W_in, "batch pos d_model, d_model d_mlp -> batch pos d_mlp") + b_in)
+    return einops.einsum(hidden, W_out, "batch pos d_mlp, d_mlp d_model -> batch pos d_model") + b_out
+
+
+def unembed(
+    x: Float[Tensor, "batch pos d_model"], W_U: Float[Tensor, "d_model d_vocab"], b_U: Float[Tensor, "d_vocab"]
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Map the final residual stream to one logit per vocabulary item."""
+    return einops.einsum(x, W_U, "batch pos d_model, d_model d_vocab -> batch pos d_vocab") + b_U
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: the attention and MLP outputs are added to the residual stream."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        n_heads, d_model, d_head = config.n_heads, config.d_model, config.d_head
+        self.ln1_w, self.ln1_b = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.zeros(d_model))
+        self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model)) for _ in range(3))
+        self.b_Q, self.b_K, self.b_V = (nn.Parameter(torch.zeros(n_heads, d_head)) for _ in range(3))
+        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) / math.sqrt(n_heads * d_head))
+        self.b_O = nn.Parameter(torch.zeros(d_model))
+        self.has_mlp = not config.attn_only
+        if self.has_mlp:
+            self.ln2_w, self.ln2_b = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.zeros(d_model))
+            self.W_in = nn.Parameter(torch.randn(d_model, config.d_mlp) / math.sqrt(d_model))
+            self.b_in = nn.Parameter(torch.zeros(config.d_mlp))
+            self.W_out = nn.Parameter(torch.randn(config.d_mlp, d_model) / math.sqrt(config.d_mlp))
+            self.b_out = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        normed = layer_norm(resid_pre, self.ln1_w, self.ln1_b)
+        resid_mid = resid_pre + attention(normed, self.W_Q, self.b_Q, self.W_K, self.b_K, self.W_V, self.b_V, self.W_O, self.b_O)
+        if not self.has_mlp:
+            return resid_mid
+        return resid_mid + mlp(layer_norm(resid_mid, self.ln2_w, self.ln2_b), self.W_in, self.b_in, self.W_out, self.b_out)
+
+
+class Transformer(nn.Module):
+    """Embed, run the blocks, apply the final LayerNorm, unembed."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.W_E = nn.Parameter(torch.randn(config.d_vocab, config.d_model) / math.sqrt(config.d_model))
+        self.W_pos = nn.Parameter(torch.randn(config.n_ctx, config.d_model) / math.sqrt(config.d_model))
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.ln_final_w, self.ln_final_b = nn.Parameter(torch.ones(config.d_model)), nn.Parameter(torch.zeros(config.d_model))
+        self.W_U = nn.Parameter(torch.randn(config.d_model, config.d_vocab) / math.sqrt(config.d_model))
+        self.b_U = nn.Parameter(torch.zeros(config.d_vocab))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        resid = embed(tokens, self.W_E) + pos_embed(tokens, self.W_pos)
+        for block in self.blocks:
+            resid = block(resid)
+        return unembed(layer_norm(resid, self.ln_final_w, self.ln_final_b), self.W_U, self.b_U)
+
+
+@torch.no_grad()
+def load_weights_from(model: nn.Module, bridge: TransformerBridge) -> nn.Module:
+    """Copy a `TransformerBridge`'s weights into a from-scratch `Transformer` of the same shape."""
+    model.W_E.copy_(bridge.W_E)
+    model.W_pos.copy_(bridge.W_pos)
+    for block, source in zip(model.blocks, bridge.blocks, strict=True):
+        block.ln1_w.copy_(source.ln1.w)
+        block.ln1_b.copy_(source.ln1.b)
+        for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O"):
+            getattr(block, name).copy_(getattr(source.attn, name))
+        if block.has_mlp:
+            block.ln2_w.copy_(source.ln2.w)
+            block.ln2_b.copy_(source.ln2.b)
+            for name in ("W_in", "b_in", "W_out", "b_out"):
+                getattr(block, name).copy_(getattr(source.mlp, name))
+    model.ln_final_w.copy_(bridge.ln_final.w)
+    model.ln_final_b.copy_(bridge.ln_final.b)
+    model.W_U.copy_(bridge.W_U)
+    model.b_U.copy_(bridge.b_U)
+    return model
