@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+# Importing the transformers source attaches TransformerBridge.boot_transformers.
+import transformer_lens.model_bridge.sources.transformers  # noqa: F401
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformer_lens.config import TransformerBridgeConfig
@@ -143,3 +147,89 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Tr
     model.load_state_dict(state_dict)
     model.eval()
     return model
+
+
+# --- Pretrained models from the Hugging Face hub (optional extras, chapter 02) --------------
+
+
+class PretrainedUnavailable(RuntimeError):
+    """A pretrained model cannot be loaded: no network and no cached copy."""
+
+
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the hub could not be reached", from whichever HTTP stacks exist."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    # (module, attribute) pairs imported lazily: huggingface_hub has moved between requests,
+    # httpx and httpx2 across versions, and any of them may be absent.
+    for module, attribute in (
+        ("huggingface_hub.errors", "LocalEntryNotFoundError"),  # offline, or not cached
+        ("huggingface_hub.errors", "OfflineModeIsEnabled"),
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests.exceptions", "ConnectionError"),
+        ("requests.exceptions", "Timeout"),
+    ):
+        try:
+            types.append(getattr(importlib.import_module(module), attribute))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def _is_network_failure(error: BaseException) -> bool:
+    """Whether `error` or anything in its cause/context chain is a network failure.
+
+    transformers wraps hub errors in a plain OSError, and an OSError alone could also mean a
+    misspelt repo name, so we look for the network error underneath instead.
+    """
+    network_errors = _network_error_types()
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, network_errors):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether `name` is meant as a folder rather than a hub id like "gpt2" or "org/model"."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or Path(name).is_absolute()
+
+
+def load_pretrained(name: str, device: str | torch.device | None = None, **kwargs: Any) -> TransformerBridge:
+    """Load a real pretrained model (e.g. "gpt2") as a `TransformerBridge`.
+
+    Optional: real models are extras, used in the optional sections of chapter 02; every
+    required exercise runs offline on the toy models in `mechlearn.zoo`. The first load of a
+    hub model needs the network; after that it comes from the local Hugging Face cache.
+    `name` is a hub id or a folder written by `save_pretrained`; `kwargs` go to
+    `TransformerBridge.boot_transformers` (e.g. `dtype`).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"load_pretrained: name must be a non-empty str, got {name!r}.")
+    folder = Path(name).expanduser()
+    if folder.exists() or _looks_like_path(name):
+        # A local folder: check it up front, since transformers would try the hub with it
+        # and report a confusing "Repo id must be in the form ..." error.
+        if not folder.is_dir():
+            problem = "is not a folder" if folder.exists() else "does not exist"
+            raise FileNotFoundError(f"load_pretrained: the folder {str(folder)!r} {problem}.")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"load_pretrained: {str(folder)!r} has no config.json; save a model there with "
+                "model.save_pretrained(folder)."
+            )
+        return TransformerBridge.boot_transformers(str(folder), device=device, **kwargs)
+    try:
+        return TransformerBridge.boot_transformers(name, device=device, **kwargs)
+    except Exception as error:
+        if not _is_network_failure(error):
+            raise  # e.g. a misspelt repo name: the hub's own message is the clearest
+        # `from None`: the chain is pages of HTTP retries that only hide the one fact that matters.
+        raise PretrainedUnavailable(
+            f"Could not load {name!r}: there is no network connection and it is not in the local "
+            "Hugging Face cache; the course runs offline on its own toy models, see "
+            "mechlearn.zoo.list_models() and mechlearn.zoo.load(name)."
+        ) from None
