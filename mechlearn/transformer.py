@@ -149,20 +149,27 @@ class Transformer(nn.Module):
 
 
 @torch.no_grad()
-def load_weights_from(model: nn.Module, bridge: TransformerBridge) -> nn.Module:
+def load_block_weights_from(block: TransformerBlock, source: nn.Module) -> TransformerBlock:
+    """Copy one `TransformerBridge` block (`bridge.blocks[l]`) into a from-scratch block."""
+    block.ln1_w.copy_(source.ln1.w)
+    block.ln1_b.copy_(source.ln1.b)
+    for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O"):
+        getattr(block, name).copy_(getattr(source.attn, name))
+    if block.has_mlp:
+        block.ln2_w.copy_(source.ln2.w)
+        block.ln2_b.copy_(source.ln2.b)
+        for name in ("W_in", "b_in", "W_out", "b_out"):
+            getattr(block, name).copy_(getattr(source.mlp, name))
+    return block
+
+
+@torch.no_grad()
+def load_weights_from(model: Transformer, bridge: TransformerBridge) -> Transformer:
     """Copy a `TransformerBridge`'s weights into a from-scratch `Transformer` of the same shape."""
     model.W_E.copy_(bridge.W_E)
     model.W_pos.copy_(bridge.W_pos)
     for block, source in zip(model.blocks, bridge.blocks, strict=True):
-        block.ln1_w.copy_(source.ln1.w)
-        block.ln1_b.copy_(source.ln1.b)
-        for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O"):
-            getattr(block, name).copy_(getattr(source.attn, name))
-        if block.has_mlp:
-            block.ln2_w.copy_(source.ln2.w)
-            block.ln2_b.copy_(source.ln2.b)
-            for name in ("W_in", "b_in", "W_out", "b_out"):
-                getattr(block, name).copy_(getattr(source.mlp, name))
+        load_block_weights_from(block, source)
     model.ln_final_w.copy_(bridge.ln_final.w)
     model.ln_final_b.copy_(bridge.ln_final.b)
     model.W_U.copy_(bridge.W_U)
