@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import time
+from importlib.metadata import version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformer_lens
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import CheckpointError, ModelConfig, load_model, make_model, read_card, save_model
@@ -99,7 +99,7 @@ def train(name: str, directory: Path | None = None, progress: bool = True) -> Tr
         },
         "metrics": {**held_out_metrics(model, rebuilt.task), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads()},
         "history": history,
-        "versions": {"torch": torch.__version__, "transformer_lens": transformer_lens.__version__},
+        "versions": {"torch": torch.__version__, "transformer_lens": version("transformer_lens")},
     }
     save_model(model, (directory or CHECKPOINTS) / name, card)
     return model
