@@ -101,7 +101,7 @@ def stub_source(source: str) -> str:
         name = _enclosing_name(tree, begin + 1)
         task = f"write `{name}` (see its docstring)" if name else "fill in this cell"
         out += lines[start:begin]
-        out.append(f'{indent}raise NotImplementedError("Exercise: {task}, then run the check below.")')
+        out.append(f'{indent}raise NotImplementedError("Exercise: {task}, then run this cell again.")')
         start = end + 1
     out += lines[start:]
     return "\n".join(out)

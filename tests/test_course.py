@@ -32,7 +32,7 @@ def rel(path: Path) -> str:
 def stub(name: str, indent: str = "    ") -> str:
     return (
         f'{indent}raise NotImplementedError("Exercise: write `{name}` (see its docstring), '
-        'then run the check below.")'
+        'then run this cell again.")'
     )
 
 
@@ -137,7 +137,7 @@ def test_stub_region_outside_a_function() -> None:
     source = "%matplotlib inline\n### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION\nprint(answer)"
     assert stub_source(source) == (
         "%matplotlib inline\n"
-        'raise NotImplementedError("Exercise: fill in this cell, then run the check below.")\n'
+        'raise NotImplementedError("Exercise: fill in this cell, then run this cell again.")\n'
         "print(answer)"
     )
 
