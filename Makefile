@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make lab` and `make test`.
+# Both create the virtual environment in .venv first if it is missing or out of date.
+
+PYTHON ?= python3
+VENV   ?= .venv
+# The local CPU build; an unpinned torch would pull gigabytes of CUDA packages.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+FIRST_CHAPTER := chapters/1_foundations/01_transformers_from_scratch.ipynb
+
+.PHONY: setup lab test chapters zoo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+lab: setup
+	$(BIN)/jupyter lab $(FIRST_CHAPTER)
+
+test: setup
+	$(BIN)/python -m pytest
+
+chapters: setup
+	$(BIN)/python -m mechlearn.course build
+
+zoo: setup
+	$(BIN)/python -c "from mechlearn import zoo; [zoo.train(name) for name in zoo.list_models()]"
