@@ -1,0 +1,181 @@
+"""mechlearn.models: ModelConfig validation, make_model, and save/load with a JSON card."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechlearn.models import CheckpointError, ModelConfig, load_model, make_model, read_card, save_model
+
+TINY = dict(d_vocab=7, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_head=4)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY, "d_mlp": 16, **overrides})
+
+
+def tokens(batch: int = 2, pos: int = 6) -> torch.Tensor:
+    return torch.randint(0, TINY["d_vocab"], (batch, pos), generator=torch.Generator().manual_seed(0))
+
+
+# --- ModelConfig -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d_model", [0, -8, 8.0, "8", None])
+def test_config_rejects_bad_d_model(d_model) -> None:
+    with pytest.raises(ValueError, match=r"ModelConfig\.d_model must be a positive int"):
+        tiny_config(d_model=d_model)
+
+
+@pytest.mark.parametrize("field", ["d_vocab", "n_ctx", "n_layers", "n_heads", "d_head"])
+def test_config_rejects_zero_sizes(field: str) -> None:
+    with pytest.raises(ValueError, match=rf"ModelConfig\.{field} must be a positive int"):
+        tiny_config(**{field: 0})
+
+
+@pytest.mark.parametrize("d_mlp", [0, -1, 16.0, "16"])
+def test_config_rejects_bad_d_mlp(d_mlp) -> None:
+    with pytest.raises(ValueError, match=r"ModelConfig\.d_mlp must be a positive int or None"):
+        tiny_config(d_mlp=d_mlp)
+
+
+def test_config_attn_only_and_dict_round_trip() -> None:
+    assert tiny_config(d_mlp=None).attn_only
+    assert not tiny_config().attn_only
+    config = tiny_config(seed=3, act_fn="relu")
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="Unknown ModelConfig fields.*'d_modle'"):
+        ModelConfig.from_dict({**TINY, "d_modle": 8})
+
+
+# --- make_model --------------------------------------------------------------------------
+
+
+def test_make_model_rejects_non_config() -> None:
+    with pytest.raises(TypeError, match="make_model expects a ModelConfig, got dict"):
+        make_model(dict(TINY))
+
+
+def test_make_model_is_a_bridge_with_transformer_lens_hooks() -> None:
+    config = tiny_config()
+    model = make_model(config)
+    assert isinstance(model, TransformerBridge)
+    assert model.mechlearn_config == config
+    logits, cache = model.run_with_cache(tokens())
+    assert logits.shape == (2, 6, config.d_vocab)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (2, config.n_heads, 6, 6)
+    for name in ("hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.hook_attn_out",
+                 "blocks.0.hook_mlp_out", "blocks.0.mlp.hook_post", "blocks.0.hook_resid_post", "ln_final.hook_out"):
+        assert name in cache, name
+    # The attention pattern is causal and each row sums to one.
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(2, config.n_heads, 6))
+    assert (pattern.triu(diagonal=1) == 0).all()
+    assert model.blocks[0].attn.W_Q.shape == (config.n_heads, config.d_model, config.d_head)
+
+
+def test_attn_only_model_has_no_mlp_hooks() -> None:
+    model = make_model(tiny_config(d_mlp=None, n_layers=2))
+    _, cache = model.run_with_cache(tokens())
+    assert "blocks.1.attn.hook_pattern" in cache
+    assert not [name for name in cache.keys() if "mlp" in name]
+    assert not [name for name in model.state_dict() if "mlp" in name]
+
+
+def test_make_model_is_seeded_by_config() -> None:
+    first, second = make_model(tiny_config()), make_model(tiny_config())
+    other = make_model(tiny_config(seed=1))
+    x = tokens()
+    assert torch.equal(first(x), second(x))
+    assert not torch.equal(first(x), other(x))
+
+
+# --- save_model / load_model -----------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[TransformerBridge, Path]:
+    model = make_model(tiny_config(seed=5))
+    with torch.no_grad():  # not the fresh-init weights, so loading must really copy them
+        for parameter in model.parameters():
+            parameter.add_(0.1)
+    card_path = save_model(model, tmp_path / "sub" / "tiny", card={"notes": "hello"})
+    return model, card_path
+
+
+def test_save_load_round_trip(saved) -> None:
+    model, card_path = saved
+    assert card_path.name == "tiny.json"
+    weights_path = card_path.with_suffix(".safetensors")
+    assert weights_path.is_file()
+    card = json.loads(card_path.read_text())
+    assert card["config"] == tiny_config(seed=5).to_dict()
+    assert card["notes"] == "hello"
+    assert card["sha256"] == hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    assert read_card(card_path.with_suffix("")) == card
+
+    loaded = load_model(card_path.with_suffix(""))  # path without suffix
+    assert isinstance(loaded, TransformerBridge)
+    assert not loaded.training
+    assert loaded.mechlearn_config == tiny_config(seed=5)
+    model.eval()
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        # A freshly made model of the same config differs: the weights came from the file.
+        assert not torch.equal(make_model(tiny_config(seed=5))(x), model(x))
+    # Any suffix is accepted, as with save_model.
+    assert torch.equal(load_model(weights_path)(x).detach(), model(x).detach())
+
+
+def test_save_model_needs_a_mechlearn_model(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="make_model"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_corrupted_weights_fail_the_hash(saved) -> None:
+    _, card_path = saved
+    weights_path = card_path.with_suffix(".safetensors")
+    data = bytearray(weights_path.read_bytes())
+    for i in range(len(data) - 16, len(data)):  # flip bytes inside the tensor data
+        data[i] ^= 0xFF
+    weights_path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(card_path)
+
+
+def test_unreadable_weights_with_matching_hash(saved) -> None:
+    _, card_path = saved
+    weights_path = card_path.with_suffix(".safetensors")
+    weights_path.write_bytes(b"not a safetensors file")
+    card = json.loads(card_path.read_text())
+    card["sha256"] = hashlib.sha256(b"not a safetensors file").hexdigest()
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(card_path)
+
+
+def test_missing_weights(saved) -> None:
+    _, card_path = saved
+    card_path.with_suffix(".safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weights file .* is missing"):
+        load_model(card_path)
+
+
+def test_missing_card(saved) -> None:
+    _, card_path = saved
+    card_path.unlink()
+    with pytest.raises(CheckpointError, match="No model card"):
+        load_model(card_path)
+    with pytest.raises(CheckpointError, match="No model card"):
+        read_card(card_path)
+
+
+def test_card_not_json(saved) -> None:
+    _, card_path = saved
+    card_path.write_text("{config: oops")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(card_path)

@@ -1,0 +1,199 @@
+"""mechlearn.train (the training loop, loss, schedule) and mechlearn.tasks.SortingTask."""
+
+import math
+
+import pytest
+import torch
+
+from mechlearn.models import ModelConfig, make_model
+from mechlearn.tasks import SortingTask, Task
+from mechlearn.train import TrainConfig, learning_rate, next_token_accuracy, next_token_loss, train
+
+TASK = SortingTask(n_digits=5, length=3)
+FAST = TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup_steps=5, eval_every=20, eval_batch_size=128)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train many times faster on one thread, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(seed: int = 0, d_mlp: int | None = 32):
+    return make_model(
+        ModelConfig(d_vocab=TASK.d_vocab, n_ctx=TASK.n_ctx, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=d_mlp, seed=seed)
+    )
+
+
+# --- the training loop -------------------------------------------------------------------
+
+
+def test_loss_decreases_on_sorting() -> None:
+    model = tiny_model()
+    eval_tokens = TASK.sample(256, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        before = next_token_loss(model(eval_tokens), eval_tokens, TASK.target_mask).item()
+    history = train(model, TASK, FAST, progress=False)
+    assert [record["step"] for record in history] == [20, 40, 60]
+    assert set(history[0]) == {"step", "train_loss", "eval_loss", "eval_accuracy"}
+    assert before > 1.0  # about log(5) for an untrained model
+    assert history[-1]["eval_loss"] < 0.3 * before
+    assert history[-1]["eval_loss"] < history[0]["eval_loss"]
+    assert history[-1]["eval_accuracy"] > 0.8
+    assert not model.training
+    with torch.no_grad():
+        after = next_token_loss(model(eval_tokens), eval_tokens, TASK.target_mask).item()
+    assert after < 0.3 * before
+
+
+def test_training_is_deterministic_under_the_seed() -> None:
+    config = TrainConfig(steps=10, batch_size=16, lr=1e-2, warmup_steps=2, eval_every=5, eval_batch_size=64)
+    first_model, second_model = tiny_model(), tiny_model()
+    first = train(first_model, TASK, config, progress=False)
+    second = train(second_model, TASK, config, progress=False)
+    assert first == second
+    for a, b in zip(first_model.parameters(), second_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    other_data = train(tiny_model(), TASK, TrainConfig(**{**config.__dict__, "seed": 1}), progress=False)
+    assert other_data != first
+    assert other_data[-1]["train_loss"] != first[-1]["train_loss"]
+
+
+def test_eval_fn_results_join_the_history() -> None:
+    calls = []
+
+    def eval_fn(model, tokens):
+        calls.append(tokens.shape)
+        return {"n_eval": float(tokens.shape[0])}
+
+    history = train(tiny_model(d_mlp=None), TASK, TrainConfig(steps=3, batch_size=4, eval_every=2, eval_batch_size=8), eval_fn, progress=False)
+    assert [record["step"] for record in history] == [2, 3]  # every eval_every steps and after the last
+    assert all(record["n_eval"] == 8.0 for record in history)
+    assert calls == [torch.Size([8, TASK.n_ctx])] * 2
+
+
+def test_train_rejects_a_non_task() -> None:
+    with pytest.raises(TypeError, match="train expects a task from mechlearn.tasks, got str"):
+        train(tiny_model(), "sorting", FAST, progress=False)
+
+
+class NaNModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(TASK.d_vocab))
+
+    def forward(self, tokens):
+        return torch.full((*tokens.shape, TASK.d_vocab), float("nan")) * self.weight
+
+
+def test_nan_loss_raises_floating_point_error() -> None:
+    with pytest.raises(FloatingPointError, match=r"became nan at step 0; lower TrainConfig\.lr"):
+        train(NaNModel(), TASK, FAST, progress=False)
+
+
+def test_huge_learning_rate_raises_floating_point_error() -> None:
+    config = TrainConfig(steps=20, batch_size=8, lr=float("inf"), warmup_steps=0, eval_every=20, eval_batch_size=8)
+    with pytest.raises(FloatingPointError, match=r"The training loss became (nan|inf) at step \d+; lower TrainConfig\.lr"):
+        train(tiny_model(), TASK, config, progress=False)
+
+
+# --- loss, accuracy, schedule --------------------------------------------------------------
+
+
+def test_next_token_loss_matches_manual_cross_entropy() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, generator=generator)
+    tokens = torch.randint(0, 4, (2, 5), generator=generator)
+    mask = torch.tensor([False, True, False, True])
+
+    def manual(positions):
+        terms = [
+            -torch.log(torch.exp(logits[b, i, tokens[b, i + 1]]) / torch.exp(logits[b, i]).sum())
+            for b in range(2)
+            for i in positions
+        ]
+        return torch.stack(terms).mean()
+
+    torch.testing.assert_close(next_token_loss(logits, tokens), manual(range(4)))
+    torch.testing.assert_close(next_token_loss(logits, tokens, mask), manual([1, 3]))
+    assert not torch.isclose(next_token_loss(logits, tokens, mask), manual(range(4)))
+    torch.testing.assert_close(
+        next_token_loss(logits, tokens), torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 4), tokens[:, 1:].reshape(-1))
+    )
+
+
+def test_next_token_accuracy_counts_masked_positions() -> None:
+    tokens = torch.tensor([[0, 1, 2, 3]])
+    # Predictions at positions 0, 1, 2 are 1 (right), 0 (wrong), 3 (right).
+    logits = torch.nn.functional.one_hot(torch.tensor([[1, 0, 3, 0]]), 4).float()
+    assert next_token_accuracy(logits, tokens) == pytest.approx(2 / 3)
+    assert next_token_accuracy(logits, tokens, torch.tensor([False, True, True])) == pytest.approx(1 / 2)
+    assert next_token_accuracy(logits, tokens, torch.tensor([True, False, True])) == 1.0
+
+
+def test_learning_rate_warmup_and_cosine() -> None:
+    config = TrainConfig(steps=100, lr=2e-3, warmup_steps=10)
+    assert learning_rate(0, config) == pytest.approx(2e-3 / 10)
+    assert learning_rate(4, config) == pytest.approx(2e-3 * 5 / 10)
+    assert learning_rate(9, config) == pytest.approx(2e-3)  # the peak, at the end of warm-up
+    assert learning_rate(10, config) == pytest.approx(2e-3)
+    assert learning_rate(55, config) == pytest.approx(2e-3 * 0.55)  # half-way down the cosine
+    assert learning_rate(100, config) == pytest.approx(2e-4)  # a tenth of the peak
+    rates = [learning_rate(step, config) for step in range(100)]
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))
+    assert all(a > b for a, b in zip(rates[10:], rates[11:]))
+    assert min(rates[10:]) > 2e-4  # the floor is reached only at step == steps
+    no_warmup = TrainConfig(steps=10, lr=1.0, warmup_steps=0)
+    assert learning_rate(0, no_warmup) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("steps", 0), ("batch_size", 0), ("eval_every", 0), ("eval_batch_size", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", math.nan)],
+)
+def test_train_config_validation(field: str, value) -> None:
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+# --- SortingTask ---------------------------------------------------------------------------
+
+
+def test_sorting_task_layout() -> None:
+    task = SortingTask(n_digits=10, length=6)
+    assert isinstance(task, Task)
+    assert (task.sep, task.bos, task.d_vocab, task.n_ctx, task.prompt_length) == (10, 11, 12, 14, 8)
+    tokens = task.sample(200, torch.Generator().manual_seed(0))
+    assert tokens.shape == (200, 14) and tokens.dtype == torch.long
+    assert (tokens[:, 0] == task.bos).all()
+    assert (tokens[:, 7] == task.sep).all()
+    unsorted, sorted_half = tokens[:, 1:7], tokens[:, 8:]
+    assert ((unsorted >= 0) & (unsorted < 10)).all()
+    assert (sorted_half[:, 1:] >= sorted_half[:, :-1]).all()
+    assert torch.equal(sorted_half, unsorted.sort(dim=-1).values)  # a permutation of the input
+    assert not torch.equal(unsorted, sorted_half)  # the inputs are not already sorted
+    assert len(set(map(tuple, unsorted.tolist()))) > 190  # fresh random digits
+    # The generator decides the data.
+    assert torch.equal(tokens, task.sample(200, torch.Generator().manual_seed(0)))
+    assert not torch.equal(tokens, task.sample(200, torch.Generator().manual_seed(1)))
+
+
+def test_sorting_target_mask_covers_exactly_the_sorted_half() -> None:
+    task = SortingTask(n_digits=10, length=6)
+    mask = task.target_mask
+    assert mask.shape == (task.n_ctx - 1,) and mask.dtype == torch.bool
+    predicted_positions = (torch.nonzero(mask)[:, 0] + 1).tolist()  # prediction i is of token i + 1
+    assert predicted_positions == list(range(task.prompt_length, task.n_ctx))
+    assert len(predicted_positions) == task.length
+
+
+def test_sorting_decode_and_validation() -> None:
+    task = SortingTask(n_digits=10, length=3)
+    assert task.decode(torch.tensor([11, 3, 1, 2, 10, 1, 2, 3])) == "3 1 2 → 1 2 3"
+    with pytest.raises(ValueError, match="n_digits >= 2"):
+        SortingTask(n_digits=1)
+    with pytest.raises(ValueError, match="length >= 1"):
+        SortingTask(length=0)

@@ -1,0 +1,171 @@
+"""mechlearn.zoo: named models with recipes, a shipped checkpoint, load with hash check, train."""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechlearn import zoo
+from mechlearn.models import CheckpointError, ModelConfig
+from mechlearn.tasks import SortingTask
+from mechlearn.train import TrainConfig
+
+SHIPPED = "sort-digits-2l"
+TINY_TASK = SortingTask(n_digits=4, length=2)
+TINY = zoo.Recipe(
+    description="A tiny sorter for tests.",
+    chapter="tests",
+    task=TINY_TASK,
+    model=ModelConfig(d_vocab=TINY_TASK.d_vocab, n_ctx=TINY_TASK.n_ctx, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=16, seed=4),
+    training=TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=3, eval_batch_size=16, seed=5),
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run many times faster on one thread, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "tiny-sort": TINY})
+    return "tiny-sort"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def test_list_models() -> None:
+    assert SHIPPED in zoo.list_models()
+    assert zoo.list_models() == sorted(zoo.RECIPES)
+
+
+def test_list_models_includes_new_recipes(tiny_recipe: str) -> None:
+    names = zoo.list_models()
+    assert tiny_recipe in names and SHIPPED in names and names == sorted(names)
+
+
+@pytest.mark.parametrize("function", [zoo.load, zoo.card, zoo.train, zoo.recipe])
+def test_unknown_name_suggests_the_close_one(function) -> None:
+    with pytest.raises(KeyError, match=r"no zoo model called 'sort-digit-2l'\. Did you mean 'sort-digits-2l'\?"):
+        function("sort-digit-2l")
+
+
+def test_unknown_name_lists_the_models() -> None:
+    with pytest.raises(KeyError) as error:
+        zoo.load("gpt2")
+    message = str(error.value)
+    assert "Did you mean" not in message
+    assert f"Available: {SHIPPED}" in message
+
+
+# --- the shipped checkpoint ---------------------------------------------------------------
+
+
+def test_shipped_checkpoint_matches_its_card_and_recipe() -> None:
+    weights = zoo.CHECKPOINTS / f"{SHIPPED}.safetensors"
+    card = zoo.card(SHIPPED)
+    assert card["sha256"] == sha256(weights)
+    recipe = zoo.recipe(SHIPPED)
+    # The checkpoint was trained from the current recipe, not an older one.
+    assert card["config"] == recipe.model.to_dict()
+    assert card["recipe"]["training"] == dataclasses.asdict(recipe.training)
+    assert card["recipe"]["task"] == {"generator": "mechlearn.tasks.SortingTask", **dataclasses.asdict(recipe.task)}
+    assert card["name"] == SHIPPED and card["description"] == recipe.description
+    assert card["metrics"]["held_out_sequence_accuracy"] >= 0.95
+    assert card["metrics"]["held_out_token_accuracy"] >= 0.98
+    assert card["history"][-1]["step"] == recipe.training.steps
+
+
+def test_load_shipped_model() -> None:
+    model = zoo.load(SHIPPED)
+    assert isinstance(model, TransformerBridge)
+    assert not model.training
+    assert model.mechlearn_config == zoo.recipe(SHIPPED).model
+    # The card's metrics are reproducible from the loaded weights.
+    metrics = zoo.held_out_metrics(model, zoo.recipe(SHIPPED).task)
+    card_metrics = zoo.card(SHIPPED)["metrics"]
+    assert metrics["held_out_sequence_accuracy"] >= 0.95
+    assert metrics["held_out_sequence_accuracy"] == pytest.approx(card_metrics["held_out_sequence_accuracy"], abs=0.005)
+    assert metrics["held_out_loss"] == pytest.approx(card_metrics["held_out_loss"], rel=0.05, abs=1e-4)
+
+
+def test_load_detects_a_changed_shipped_weight(tmp_path: Path) -> None:
+    # A copy of the shipped checkpoint with one byte changed fails to load.
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / f"{SHIPPED}{suffix}").write_bytes((zoo.CHECKPOINTS / f"{SHIPPED}{suffix}").read_bytes())
+    assert isinstance(zoo.load(SHIPPED, directory=tmp_path), TransformerBridge)
+    weights = tmp_path / f"{SHIPPED}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        zoo.load(SHIPPED, directory=tmp_path)
+
+
+# --- training a recipe ----------------------------------------------------------------------
+
+
+def test_train_writes_a_checkpoint_that_loads(tiny_recipe: str, tmp_path: Path) -> None:
+    trained = zoo.train(tiny_recipe, directory=tmp_path, progress=False)
+    weights, card_path = tmp_path / f"{tiny_recipe}.safetensors", tmp_path / f"{tiny_recipe}.json"
+    assert weights.is_file() and card_path.is_file()
+    card = json.loads(card_path.read_text())
+    assert card == zoo.card(tiny_recipe, directory=tmp_path)
+    assert card["sha256"] == sha256(weights)
+    assert card["config"] == TINY.model.to_dict()
+    assert card["recipe"]["task"] == {"generator": "mechlearn.tasks.SortingTask", "n_digits": 4, "length": 2}
+    assert card["recipe"]["training"] == dataclasses.asdict(TINY.training)
+    assert card["recipe"]["data_seed"] == 5
+    assert [record["step"] for record in card["history"]] == [3, 6]
+    assert {"held_out_loss", "held_out_token_accuracy", "held_out_sequence_accuracy", "train_seconds"} <= set(card["metrics"])
+    assert card["versions"]["torch"] == torch.__version__
+    assert not (zoo.CHECKPOINTS / f"{tiny_recipe}.json").exists()  # nothing written into the package
+
+    loaded = zoo.load(tiny_recipe, directory=tmp_path)
+    tokens = TINY_TASK.sample(16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), trained(tokens))
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_corrupted_checkpoint_says_how_to_rebuild(tiny_recipe: str, tmp_path: Path) -> None:
+    zoo.train(tiny_recipe, directory=tmp_path, progress=False)
+    weights = tmp_path / f"{tiny_recipe}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"sha256.*run mechlearn\.zoo\.train\('tiny-sort'\)"):
+        zoo.load(tiny_recipe, directory=tmp_path)
+
+
+def test_missing_checkpoint_says_how_to_rebuild(tiny_recipe: str, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"No model card.*run mechlearn\.zoo\.train\('tiny-sort'\)"):
+        zoo.load(tiny_recipe, directory=tmp_path)
+
+
+def test_training_a_recipe_is_deterministic(tiny_recipe: str, tmp_path: Path) -> None:
+    zoo.train(tiny_recipe, directory=tmp_path / "first", progress=False)
+    # Different global RNG state in between must not matter.
+    torch.manual_seed(12345)
+    torch.rand(100)
+    zoo.train(tiny_recipe, directory=tmp_path / "second", progress=False)
+    first = (tmp_path / "first" / f"{tiny_recipe}.safetensors").read_bytes()
+    second = (tmp_path / "second" / f"{tiny_recipe}.safetensors").read_bytes()
+    assert first == second
+    cards = [json.loads((tmp_path / d / f"{tiny_recipe}.json").read_text()) for d in ("first", "second")]
+    assert cards[0]["sha256"] == cards[1]["sha256"]
+    assert cards[0]["history"] == cards[1]["history"]
