@@ -28,6 +28,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match its card."""
 
 
+ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu")
+NORMALIZATIONS = ("LN", "LNPre", "RMS", None)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The shape of a toy transformer. Names follow TransformerLens."""
@@ -45,11 +53,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_vocab", "n_ctx", "d_model", "n_layers", "n_heads", "d_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
-        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp < 1):
+            if not _is_positive_int(getattr(self, name)):
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
+        if self.d_mlp is not None and not _is_positive_int(self.d_mlp):
             raise ValueError(f"ModelConfig.d_mlp must be a positive int or None, got {self.d_mlp!r}.")
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"ModelConfig.act_fn must be one of {ACTIVATIONS}, got {self.act_fn!r}.")
+        if self.normalization_type not in NORMALIZATIONS:
+            raise ValueError(f"ModelConfig.normalization_type must be one of {NORMALIZATIONS}, got {self.normalization_type!r}.")
 
     @property
     def attn_only(self) -> bool:

@@ -39,8 +39,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}.")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}.")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("TrainConfig needs warmup_steps >= 0, weight_decay >= 0 and grad_clip > 0.")
 
 
 def next_token_loss(

@@ -133,6 +133,11 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if (config.act_fn, config.normalization_type) != ("gelu", "LN"):
+            raise ValueError(
+                f"This from-scratch Transformer implements GELU and LayerNorm only; the config asks for "
+                f"act_fn={config.act_fn!r} and normalization_type={config.normalization_type!r}."
+            )
         self.config = config
         self.W_E = nn.Parameter(torch.randn(config.d_vocab, config.d_model) / math.sqrt(config.d_model))
         self.W_pos = nn.Parameter(torch.randn(config.n_ctx, config.d_model) / math.sqrt(config.d_model))

@@ -163,11 +163,6 @@ def test_causal_mask_mistakes(mistake) -> None:
     assert "infinite value(s) where finite values were expected" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library: expect_tensor's finiteness test runs before the comparison and replaces the "
-    "check's hint ('mask where key_pos > query_pos') with one about division by zero and eps",
-)
 def test_causal_mask_mistake_gets_the_mask_hint() -> None:
     expect_failure(ch01.check_apply_causal_mask, mask_with(lambda ones: ones.tril(diagonal=-1)), hint_contains="diagonal=1")
 
@@ -233,12 +228,17 @@ def test_mlp_reference_matches_hand_written() -> None:
 
 
 def test_unembed_returning_probabilities() -> None:
-    # b_U is zero in the reference model (TransformerLens's native unembed has no trained
-    # bias), so forgetting b_U cannot be caught; returning probabilities can.
     def unembed(x, W_U, b_U):
         return (x @ W_U + b_U).softmax(dim=-1)
 
     expect_failure(ch01.check_unembed, unembed, hint_contains="W_U + b_U")
+
+
+def test_unembed_forgetting_b_u() -> None:
+    def unembed(x, W_U, b_U):
+        return x @ W_U
+
+    expect_failure(ch01.check_unembed, unembed, hint_contains="b_U")
 
 
 def test_unembed_with_transposed_w_u() -> None:

@@ -179,3 +179,9 @@ def test_card_not_json(saved) -> None:
     card_path.write_text("{config: oops")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_model(card_path)
+
+
+@pytest.mark.parametrize("fields", [{"d_model": True}, {"act_fn": "tanh"}, {"normalization_type": "layernorm"}])
+def test_config_rejects_bools_and_unknown_choices(fields) -> None:
+    with pytest.raises(ValueError, match="ModelConfig"):
+        ModelConfig(d_vocab=5, n_ctx=4, **fields)

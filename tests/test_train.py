@@ -94,8 +94,13 @@ def test_nan_loss_raises_floating_point_error() -> None:
         train(NaNModel(), TASK, FAST, progress=False)
 
 
+def test_infinite_learning_rate_is_rejected() -> None:
+    with pytest.raises(ValueError, match="TrainConfig.lr"):
+        TrainConfig(lr=float("inf"))
+
+
 def test_huge_learning_rate_raises_floating_point_error() -> None:
-    config = TrainConfig(steps=20, batch_size=8, lr=float("inf"), warmup_steps=0, eval_every=20, eval_batch_size=8)
+    config = TrainConfig(steps=20, batch_size=8, lr=1e30, warmup_steps=0, eval_every=20, eval_batch_size=8)
     with pytest.raises(FloatingPointError, match=r"The training loss became (nan|inf) at step \d+; lower TrainConfig\.lr"):
         train(tiny_model(), TASK, config, progress=False)
 

@@ -163,3 +163,8 @@ def test_generate_with_temperature_is_seeded() -> None:
     assert not torch.equal(
         torch.stack([generate(model, prompt, 5, temperature=1.0, seed=s) for s in range(1, 4)]), first.expand(3, -1, -1)
     )
+
+
+def test_from_scratch_transformer_refuses_configs_it_does_not_implement() -> None:
+    with pytest.raises(ValueError, match="act_fn='relu'"):
+        Transformer(ModelConfig(d_vocab=5, n_ctx=4, act_fn="relu"))

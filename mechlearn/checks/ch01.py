@@ -31,8 +31,9 @@ def reference() -> tuple[TransformerBridge, torch.Tensor, ActivationCache]:
     model = make_model(CONFIG, device="cpu")
     generator = torch.Generator().manual_seed(CONFIG.seed)
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        # b_U is a buffer, not a parameter, in TransformerLens's native model: perturb it too.
+        for weight in [*model.parameters(), model.unembed.bias]:
+            weight.add_(0.1 * torch.randn(weight.shape, generator=generator))
     tokens = torch.randint(0, CONFIG.d_vocab, (2, 9), generator=generator)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)

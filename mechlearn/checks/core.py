@@ -138,10 +138,10 @@ def expect_tensor(
     """
     actual = _expect_is_tensor(actual, expected, what)
     actual, expected = actual.detach(), expected.detach()
-    _expect_same_shape(actual, expected, what)
+    _expect_same_shape(actual, expected, what, hint)
     _expect_same_dtype(actual, expected, what)
     _expect_same_device(actual, expected, what)
-    _expect_finite(actual, expected, what)
+    _expect_finite(actual, expected, what, hint)
     _expect_close(actual, expected, what, atol=atol, rtol=rtol, hint=hint)
 
 
@@ -175,12 +175,13 @@ def _type_hint(actual: object) -> str:
     return "return a torch.Tensor, as the docstring says"
 
 
-def _expect_same_shape(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+def _expect_same_shape(actual: torch.Tensor, expected: torch.Tensor, what: str, hint: str) -> None:
     got, want = tuple(actual.shape), tuple(expected.shape)
-    expect(got == want, f"{what} has shape {got}, expected {want}", hint=_shape_hint(got, want))
+    expect(got == want, f"{what} has shape {got}, expected {want}", hint=_shape_hint(got, want, hint))
 
 
-def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+def _shape_hint(got: tuple[int, ...], want: tuple[int, ...], check_hint: str) -> str:
+    """A hint for the recognisable shape mistakes, else the check's own hint."""
     if len(got) >= 2 and got == want[::-1]:
         return "it looks transposed: check the order of the dimensions in your transpose, permute or einsum"
     if sorted(got) == sorted(want):
@@ -191,7 +192,7 @@ def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
     missing = _extra_unit_dim(want, got)
     if missing is not None:
         return f"a dimension of size 1 is missing at position {missing}: reduce with `keepdim=True` or `.unsqueeze({missing})`"
-    return "follow the shapes in the docstring through each step; check which dimension each sum, mean or reshape acts on"
+    return check_hint or "follow the shapes in the docstring through each step; check which dimension each sum, mean or reshape acts on"
 
 
 def _extra_unit_dim(longer: tuple[int, ...], shorter: tuple[int, ...]) -> int | None:
@@ -223,7 +224,7 @@ def _expect_same_device(actual: torch.Tensor, expected: torch.Tensor, what: str)
     )
 
 
-def _expect_finite(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+def _expect_finite(actual: torch.Tensor, expected: torch.Tensor, what: str, hint: str) -> None:
     should_be_finite = torch.isfinite(expected)
     n_nan = int((torch.isnan(actual) & should_be_finite).sum())
     n_inf = int((torch.isinf(actual) & should_be_finite).sum())
@@ -231,7 +232,8 @@ def _expect_finite(actual: torch.Tensor, expected: torch.Tensor, what: str) -> N
     expect(
         not found,
         f"{what} has {found} value(s) where finite values were expected",
-        hint="look for a division by zero, a log or sqrt of 0 or of a negative number, or a missing `eps`",
+        # A check's own hint knows where infinities belong (e.g. a causal mask); the generic one guesses.
+        hint=hint or "look for a division by zero, a log or sqrt of 0 or of a negative number, or a missing `eps`",
     )
 
 
