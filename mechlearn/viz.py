@@ -11,9 +11,15 @@ from torch import Tensor
 
 
 def plot_training_history(
-    history: list[dict[str, float]], metrics: Sequence[str] = ("train_loss", "eval_loss"), title: str = "Training"
+    history: list[dict[str, float]],
+    metrics: Sequence[str] = ("train_loss", "eval_loss"),
+    title: str = "Training",
+    log_y: bool = True,
 ) -> go.Figure:
-    """Curves of `metrics` against the step, from the records `mechlearn.train.train` returns."""
+    """Curves of `metrics` against the step, from the records `mechlearn.train.train` returns.
+
+    A log scale (the default) shows both the first fast drop and the slow tail of a loss.
+    """
     if not history:
         raise ValueError("history is empty: train for at least one eval step (TrainConfig.eval_every).")
     missing = [m for m in metrics if m not in history[0]]
@@ -21,7 +27,8 @@ def plot_training_history(
         raise KeyError(f"history has no {missing}; it has {sorted(history[0])}.")
     steps = [record["step"] for record in history]
     figure = go.Figure([go.Scatter(x=steps, y=[r[m] for r in history], name=m, mode="lines") for m in metrics])
-    return figure.update_layout(title=title, xaxis_title="step", yaxis_title="value", template="plotly_white")
+    figure.update_layout(title=title, xaxis_title="step", yaxis_title=", ".join(metrics), template="plotly_white")
+    return figure.update_yaxes(type="log" if log_y else "linear")
 
 
 def plot_attention_patterns(

@@ -15,7 +15,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.checks.core import call_learner, check, expect, expect_tensor
-from mechlearn.models import ModelConfig, make_model
+from mechlearn.models import ModelConfig, make_model, model_device
 from mechlearn.tasks import SortingTask
 from mechlearn.train import next_token_accuracy
 from mechlearn.transformer import load_block_weights_from, load_weights_from
@@ -210,9 +210,10 @@ def check_sample_next_token(sample_next_token) -> None:
 def check_trained_sorter(model, min_accuracy: float = 0.95) -> None:
     """A trained model gets the sorted half right on held-out sequences."""
     task = SortingTask()
-    tokens = task.sample(500, torch.Generator().manual_seed(12_345))
+    tokens = task.sample(500, torch.Generator().manual_seed(12_345)).to(model_device(model))
     logits = call_learner(model, tokens)
-    expect_tensor(logits, torch.zeros(500, task.n_ctx, task.d_vocab), what="the model's logits", atol=math.inf, hint="the model maps tokens to logits.")
+    expected_shape = torch.zeros(500, task.n_ctx, task.d_vocab, device=tokens.device)
+    expect_tensor(logits, expected_shape, what="the model's logits", atol=math.inf, hint="the model maps tokens to logits.")
     accuracy = next_token_accuracy(logits.detach(), tokens, task.target_mask)
     expect(
         accuracy >= min_accuracy,
