@@ -1,0 +1,300 @@
+"""Induction heads and the heads that feed them (taught in chapter 03).
+
+The scores follow Olsson et al. (2022), "In-context Learning and Induction Heads", and
+the TransformerLens/ARENA conventions. They are measured on repeated random tokens
+`[BOS, x_1 … x_L, x_1 … x_L]`, where the only way to predict the second half is to
+look back at the first:
+
+- a *previous-token* head attends from each position to the one before it;
+- a *duplicate-token* head attends from `x_i` in the second half to `x_i` in the first;
+- an *induction* head attends from `x_i` in the second half to `x_{i+1}` in the first
+  (the token that came after the earlier occurrence), offset `L - 1` back.
+
+Each score is the mean attention weight on the position the definition names, so it
+lies in [0, 1] and is 1 exactly for a head that does nothing else. K-composition
+(Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits") measures how
+much a later head's keys read what an earlier head wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechlearn.models import model_device
+
+DEFAULT_THRESHOLD = 0.5
+"""A head counts when more than half of its attention goes where the score looks.
+
+A head that spreads its attention evenly over n positions scores about 1/n, so on a
+random model every score stays far below this; a head that does the job scores near 1.
+"""
+
+Head = tuple[int, int]  # (layer, head)
+ForwardHook = tuple[str, Callable[[Tensor, HookPoint], Tensor]]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def repeated_random_tokens(
+    d_vocab: int, seq_len: int, batch: int, generator: torch.Generator | None = None, bos: int | None = None
+) -> Int[Tensor, "batch pos"]:
+    """`[BOS, x_1 … x_L, x_1 … x_L]` with `x` uniform over the vocabulary (BOS excluded).
+
+    Without `bos` the sequences are `[x_1 … x_L, x_1 … x_L]`. Either way the repeated block
+    is the last `2 * seq_len` positions, which is where the scores below look.
+    """
+    for name, value in (("d_vocab", d_vocab), ("seq_len", seq_len), ("batch", batch)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"repeated_random_tokens: {name} must be a positive int, got {value!r}.")
+    if bos is not None and not 0 <= bos < d_vocab:
+        raise ValueError(f"repeated_random_tokens: bos must be a token id in [0, {d_vocab}), got {bos}.")
+    n_choices = d_vocab - (bos is not None)
+    if n_choices < 1:
+        raise ValueError(f"repeated_random_tokens: d_vocab={d_vocab} leaves no token to draw besides BOS.")
+    first_half = torch.randint(0, n_choices, (batch, seq_len), generator=generator)
+    if bos is not None:
+        first_half = first_half + (first_half >= bos).long()  # skip over the BOS id
+    repeated = einops.repeat(first_half, "batch pos -> batch (copy pos)", copy=2)
+    if bos is None:
+        return repeated
+    return torch.cat([torch.full((batch, 1), bos), repeated], dim=-1)
+
+
+# --- attention patterns ----------------------------------------------------------------------
+
+
+def stack_patterns(cache: ActivationCache) -> Float[Tensor, "layer batch head query_pos key_pos"]:
+    """Every layer's `hook_pattern` from a cache, stacked along a new first axis."""
+    n_layers = len([name for name in cache.keys() if name.endswith("attn.hook_pattern")])
+    if n_layers == 0:
+        raise ValueError("stack_patterns: the cache holds no blocks.{l}.attn.hook_pattern; run_with_cache must keep them.")
+    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(n_layers)])
+
+
+@torch.no_grad()
+def repeated_tokens_patterns(
+    model: TransformerBridge, seq_len: int, batch: int = 32, seed: int = 0, bos: int | None = None
+) -> tuple[Int[Tensor, "batch pos"], Float[Tensor, "layer batch head query_pos key_pos"]]:
+    """Run `model` on repeated random tokens; return the tokens and every layer's attention."""
+    _validate_seq_len(model, seq_len, bos)
+    generator = torch.Generator().manual_seed(seed)
+    tokens = repeated_random_tokens(model.cfg.d_vocab, seq_len, batch, generator, bos).to(model_device(model))
+    # Keep only the patterns: the rest of the cache would cost memory and time for nothing.
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))
+    return tokens, stack_patterns(cache)
+
+
+def _validate_seq_len(model: TransformerBridge, seq_len: int, bos: int | None) -> None:
+    length = 2 * seq_len + (bos is not None)
+    if length > model.cfg.n_ctx:
+        raise ValueError(
+            f"seq_len={seq_len} makes sequences of {length} tokens, longer than the model's n_ctx={model.cfg.n_ctx}."
+        )
+
+
+def _as_patterns(patterns: Float[Tensor, "layer batch head query_pos key_pos"] | ActivationCache) -> Tensor:
+    if isinstance(patterns, ActivationCache):
+        patterns = stack_patterns(patterns)
+    if not isinstance(patterns, Tensor) or patterns.ndim != 5:
+        shape = tuple(patterns.shape) if isinstance(patterns, Tensor) else type(patterns).__name__
+        raise ValueError(
+            f"patterns must be an ActivationCache or a tensor [layer batch head query_pos key_pos], got {shape}; "
+            "stack one layer's pattern with pattern[None]."
+        )
+    if patterns.shape[-1] != patterns.shape[-2]:
+        raise ValueError(f"patterns must be square in query_pos and key_pos, got {tuple(patterns.shape)}.")
+    return patterns
+
+
+def _mean_on_diagonal(
+    patterns: Float[Tensor, "layer batch head query_pos key_pos"], offset: int, first_query: int
+) -> Float[Tensor, "layer head"]:
+    """Mean attention from each query q >= first_query to key q - offset."""
+    stripe = patterns.diagonal(offset=-offset, dim1=-2, dim2=-1)  # entry j is query offset + j
+    return einops.reduce(stripe[..., first_query - offset :], "layer batch head query -> layer head", "mean")
+
+
+def _validate_repeat(patterns: Tensor, seq_len: int) -> None:
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}.")
+    if 2 * seq_len > patterns.shape[-1]:
+        raise ValueError(
+            f"seq_len={seq_len} needs at least {2 * seq_len} positions, but the patterns cover {patterns.shape[-1]}."
+        )
+
+
+def previous_token_scores(
+    patterns: Float[Tensor, "layer batch head query_pos key_pos"] | ActivationCache,
+) -> Float[Tensor, "layer head"]:
+    """Mean attention from each position to the one just before it (position 0 has none)."""
+    patterns = _as_patterns(patterns)
+    return _mean_on_diagonal(patterns, offset=1, first_query=1)
+
+
+def duplicate_token_scores(
+    patterns: Float[Tensor, "layer batch head query_pos key_pos"] | ActivationCache, seq_len: int
+) -> Float[Tensor, "layer head"]:
+    """Mean attention from each second-half token to the same token in the first half.
+
+    The repeated block is the last `2 * seq_len` positions, so the first occurrence of
+    the token at position q is at q - seq_len.
+    """
+    patterns = _as_patterns(patterns)
+    _validate_repeat(patterns, seq_len)
+    return _mean_on_diagonal(patterns, offset=seq_len, first_query=patterns.shape[-1] - seq_len)
+
+
+def induction_scores(
+    patterns: Float[Tensor, "layer batch head query_pos key_pos"] | ActivationCache, seq_len: int
+) -> Float[Tensor, "layer head"]:
+    """Mean attention from each second-half token to the token after its first occurrence.
+
+    That token sits at q - seq_len + 1: the head looks up what followed the current token
+    last time, which is what it will copy as its prediction.
+    """
+    patterns = _as_patterns(patterns)
+    _validate_repeat(patterns, seq_len)
+    return _mean_on_diagonal(patterns, offset=seq_len - 1, first_query=patterns.shape[-1] - seq_len)
+
+
+# --- finding heads ---------------------------------------------------------------------------
+
+
+def heads_above(scores: Float[Tensor, "layer head"], threshold: float = DEFAULT_THRESHOLD) -> list[Head]:
+    """The (layer, head) pairs whose score is at least `threshold`, in order."""
+    if not isinstance(scores, Tensor) or scores.ndim != 2:
+        raise ValueError(f"scores must be a [layer head] tensor, got {getattr(scores, 'shape', type(scores).__name__)}.")
+    return [tuple(index) for index in (scores >= threshold).nonzero().tolist()]
+
+
+def _default_seq_len(model: TransformerBridge, bos: int | None) -> int:
+    """The longest repeat that fits in the model's context."""
+    return (model.cfg.n_ctx - (bos is not None)) // 2
+
+
+def find_induction_heads(
+    model: TransformerBridge,
+    threshold: float = DEFAULT_THRESHOLD,
+    seq_len: int | None = None,
+    batch: int = 32,
+    seed: int = 0,
+    bos: int | None = None,
+) -> list[Head]:
+    """The heads whose induction score on repeated random tokens is at least `threshold`.
+
+    `seq_len` defaults to the longest repeat that fits in `n_ctx`; pass `bos` if the model
+    was trained with sequences that start with a BOS token.
+    """
+    seq_len = _default_seq_len(model, bos) if seq_len is None else seq_len
+    _, patterns = repeated_tokens_patterns(model, seq_len, batch, seed, bos)
+    return heads_above(induction_scores(patterns, seq_len), threshold)
+
+
+def find_previous_token_heads(
+    model: TransformerBridge,
+    threshold: float = DEFAULT_THRESHOLD,
+    seq_len: int | None = None,
+    batch: int = 32,
+    seed: int = 0,
+    bos: int | None = None,
+) -> list[Head]:
+    """The heads whose previous-token score on repeated random tokens is at least `threshold`."""
+    seq_len = _default_seq_len(model, bos) if seq_len is None else seq_len
+    _, patterns = repeated_tokens_patterns(model, seq_len, batch, seed, bos)
+    return heads_above(previous_token_scores(patterns), threshold)
+
+
+# --- composition -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def k_composition_scores(
+    model: TransformerBridge, earlier_layer: int = 0, later_layer: int = 1
+) -> Float[Tensor, "earlier_head later_head"]:
+    """How much each later head's keys read what each earlier head writes (Elhage et al. 2021).
+
+    `||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F)` for head A in `earlier_layer`
+    and head B in `later_layer`, computed with `FactoredMatrix` so that no d_model x d_model
+    product is formed. It equals the matching entries of
+    `model.all_composition_scores("K")`; like it, it reads the raw weights (any LayerNorm
+    weights in between are not folded in).
+    """
+    if model.cfg.n_layers < 2:
+        raise ValueError(f"k_composition_scores needs a model with at least 2 layers; this one has {model.cfg.n_layers}.")
+    if not 0 <= earlier_layer < later_layer < model.cfg.n_layers:
+        raise ValueError(
+            f"k_composition_scores needs 0 <= earlier_layer < later_layer < {model.cfg.n_layers}, "
+            f"got earlier_layer={earlier_layer}, later_layer={later_layer}."
+        )
+    writes = model.OV[earlier_layer]  # [earlier_head d_model d_model]
+    # K-composition: the output of A is read through W_K, i.e. from the right of W_QK.
+    keys_read = model.QK[later_layer].T  # [later_head d_model d_model]
+    composed = writes[:, None] @ keys_read[None, :]
+    return composed.norm() / (writes.norm()[:, None] * keys_read.norm()[None, :])
+
+
+# --- losses and ablations ----------------------------------------------------------------------
+
+
+def loss_on_tokens(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, ""]:
+    """Mean cross-entropy of predicting the tokens marked in `mask`, each from the position before.
+
+    `mask` marks tokens, not predictions (e.g. `repeated` from `InductionTask.sample_labelled`),
+    so position 0 (which nothing predicts) must be False.
+    """
+    if mask.shape != tokens.shape:
+        raise ValueError(f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask.shape)}.")
+    if mask[:, 0].any():
+        raise ValueError("mask marks position 0, which no position predicts; mark tokens from position 1 on.")
+    if not mask.any():
+        raise ValueError("mask marks no tokens, so there is no loss to average.")
+    log_probs = logits[:, :-1].log_softmax(dim=-1)
+    correct_log_probs = log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+    return -correct_log_probs[mask[:, 1:].to(logits.device)].mean()
+
+
+def zero_ablation_hooks(heads: list[Head]) -> list[ForwardHook]:
+    """Forward hooks that set the output `z` of each listed head to zero.
+
+    Zeroing `hook_z` removes the head's whole contribution to the residual stream except
+    its share of the bias `b_O`, which does not depend on the input.
+    """
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def zero_heads(layer_heads: list[int]) -> Callable[[Tensor, HookPoint], Tensor]:
+        def hook(z: Float[Tensor, "batch pos head d_head"], hook: HookPoint) -> Tensor:
+            keep = torch.ones(z.shape[-2], 1, device=z.device, dtype=z.dtype)
+            keep[layer_heads] = 0.0
+            return z * keep
+        return hook
+
+    return [(f"blocks.{layer}.attn.hook_z", zero_heads(layer_heads)) for layer, layer_heads in sorted(by_layer.items())]
+
+
+@torch.no_grad()
+def ablation_cost(
+    model: TransformerBridge, tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"], heads: list[Head]
+) -> float:
+    """How much the loss on the `mask`ed tokens rises (nats) when `heads` are zero-ablated together."""
+    for layer, head in heads:
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise ValueError(
+                f"heads contains ({layer}, {head}), but the model has {model.cfg.n_layers} layers of {model.cfg.n_heads} heads."
+            )
+    tokens = tokens.to(model_device(model))
+    clean = loss_on_tokens(model(tokens), tokens, mask)
+    ablated = loss_on_tokens(model.run_with_hooks(tokens, fwd_hooks=zero_ablation_hooks(heads)), tokens, mask)
+    return (ablated - clean).item()
