@@ -1,13 +1,16 @@
-"""Plotly figures used across the course (first used in chapter 01)."""
+"""Plotly figures and ipywidgets explorers used across the course (first used in chapter 01)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import ipywidgets as widgets
+from IPython.display import display
 import plotly.express as px
 import plotly.graph_objects as go
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.ActivationCache import ActivationCache
 
 
 def plot_training_history(
@@ -53,3 +56,35 @@ def plot_attention_patterns(
     )
     figure.for_each_annotation(lambda a: a.update(text=f"head {a.text.split('=')[-1]}"))
     return figure
+
+
+class AttentionExplorer(widgets.VBox):
+    """Pick a layer, a head and a sequence; see that head's attention pattern (chapter 03).
+
+    Built from a cache, so exploring never re-runs the model.
+    """
+
+    def __init__(self, cache: ActivationCache, labels: Sequence[Sequence[str]]):
+        n_layers = sum(1 for name in cache.keys() if name.endswith("attn.hook_pattern"))
+        if n_layers == 0:
+            raise ValueError("the cache holds no attention patterns; run the model with run_with_cache first.")
+        batch, n_heads = cache["blocks.0.attn.hook_pattern"].shape[:2]
+        if len(labels) != batch:
+            raise ValueError(f"labels has {len(labels)} sequences but the cache has {batch}.")
+        self.cache, self.labels = cache, labels
+        self.layer = widgets.Dropdown(options=range(n_layers), description="layer")
+        self.head = widgets.Dropdown(options=range(n_heads), description="head")
+        self.sequence = widgets.IntSlider(min=0, max=batch - 1, description="sequence")
+        self.output = widgets.Output()
+        for control in (self.layer, self.head, self.sequence):
+            control.observe(lambda _: self.redraw(), names="value")
+        super().__init__([widgets.HBox([self.layer, self.head, self.sequence]), self.output])
+        self.redraw()
+
+    def redraw(self) -> None:
+        pattern = self.cache[f"blocks.{self.layer.value}.attn.hook_pattern"][self.sequence.value, self.head.value]
+        title = f"Layer {self.layer.value}, head {self.head.value}, sequence {self.sequence.value}"
+        self.figure = plot_attention_patterns(pattern[None], self.labels[self.sequence.value], title=title)
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(self.figure)
