@@ -1,0 +1,139 @@
+"""Checks for chapter 03, induction heads.
+
+The ground truth is the hand-set induction circuit of `mechlearn.handcrafted`: its
+previous-token head and induction head are known, so a score or a finder is right
+when it names them, and nothing else. Scores are also compared with
+`mechlearn.induction` on the same attention patterns.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechlearn import induction
+from mechlearn.checks.core import call_learner, check, expect, expect_tensor
+from mechlearn.handcrafted import InductionCircuit, induction_circuit_model
+from mechlearn.models import ModelConfig, make_model
+
+SEQ_LEN, BOS = 12, 0
+
+
+@functools.lru_cache(maxsize=1)
+def circuit() -> InductionCircuit:
+    """Previous-token head (0, 1) and induction head (1, 0): not the first head, so an off-by-one shows."""
+    return induction_circuit_model(d_vocab=32, n_ctx=32, n_heads=3, previous_token_head=1, induction_head=0)
+
+
+@functools.lru_cache(maxsize=1)
+def circuit_patterns() -> torch.Tensor:
+    _, patterns = induction.repeated_tokens_patterns(circuit().model, SEQ_LEN, batch=16, seed=0, bos=BOS)
+    return patterns
+
+
+@functools.lru_cache(maxsize=1)
+def random_model() -> TransformerBridge:
+    return make_model(ModelConfig(d_vocab=32, n_ctx=32, n_layers=2, n_heads=3, d_head=8, d_model=24, d_mlp=None, seed=3))
+
+
+def _expect_scores(learner_fn, reference_fn, *args, what: str, hint: str) -> None:
+    patterns = circuit_patterns()
+    actual = call_learner(learner_fn, patterns.clone(), *args)
+    expect_tensor(actual, reference_fn(patterns, *args), what=what, atol=1e-5, rtol=1e-4, hint=hint)
+
+
+@check
+def check_previous_token_scores(previous_token_scores) -> None:
+    """On the hand-set circuit, head (0, 1) scores 1; the rest match the library."""
+    _expect_scores(
+        previous_token_scores,
+        induction.previous_token_scores,
+        what="the previous-token scores",
+        hint="average pattern[..., q, q - 1] over the batch and over queries q >= 1: the diagonal just below "
+        "the main one (Tensor.diagonal(offset=-1, dim1=-2, dim2=-1)).",
+    )
+
+
+@check
+def check_duplicate_token_scores(duplicate_token_scores) -> None:
+    """Attention from each second-half token to its first occurrence, seq_len back."""
+    _expect_scores(
+        duplicate_token_scores,
+        induction.duplicate_token_scores,
+        SEQ_LEN,
+        what="the duplicate-token scores",
+        hint="the repeated block is the last 2 * seq_len positions; average pattern[..., q, q - seq_len] over "
+        "second-half queries q only.",
+    )
+
+
+@check
+def check_induction_scores(induction_scores) -> None:
+    """Attention from each second-half token to the token after its first occurrence."""
+    _expect_scores(
+        induction_scores,
+        induction.induction_scores,
+        SEQ_LEN,
+        what="the induction scores",
+        hint="the token after the first occurrence of position q is at q - seq_len + 1; average over "
+        "second-half queries only.",
+    )
+    scores = call_learner(induction_scores, circuit_patterns().clone(), SEQ_LEN)
+    expect(
+        scores.argmax().item() == 3,
+        "your induction scores do not peak at the planted induction head (layer 1, head 0).",
+        "index the pattern as [layer, batch, head, query_pos, key_pos].",
+    )
+
+
+@check
+def check_find_induction_heads(find_induction_heads) -> None:
+    """Names exactly the planted head on the hand-set circuit, and no head on a random model."""
+    found = call_learner(find_induction_heads, circuit().model, threshold=0.5, seq_len=SEQ_LEN, bos=BOS)
+    expect(
+        [tuple(head) for head in found] == [circuit().induction_head],
+        f"on the hand-set circuit you found {found}, but the only induction head is {circuit().induction_head}.",
+        "run the model on repeated random tokens, compute induction_scores, keep (layer, head) pairs at or above the threshold.",
+    )
+    found = call_learner(find_induction_heads, random_model(), threshold=0.5, seq_len=SEQ_LEN, bos=BOS)
+    expect(
+        list(found) == [],
+        f"on a randomly initialised model you found {found}; it has no induction heads.",
+        "compare each score with the threshold, not with the other heads.",
+    )
+
+
+@check
+def check_k_composition_scores(k_composition_scores) -> None:
+    """Equals TransformerLens's `all_composition_scores("K")` between layers 0 and 1."""
+    model = random_model()
+    expected = model.all_composition_scores("K").scores[0, :, 1, :].detach()
+    actual = call_learner(k_composition_scores, model)
+    expect_tensor(
+        actual,
+        expected,
+        what="the K-composition scores",
+        atol=1e-5,
+        rtol=1e-4,
+        hint="||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F): model.OV[0] and model.QK[1].T are "
+        "FactoredMatrix objects; broadcast them as [head_a, 1] @ [1, head_b] and use .norm().",
+    )
+
+
+@check
+def check_ablation_cost(ablation_cost) -> None:
+    """Zero-ablating the planted induction head costs what the library measures; an unused head costs nothing."""
+    model = circuit().model
+    tokens = induction.repeated_random_tokens(32, SEQ_LEN, 16, torch.Generator().manual_seed(1), bos=BOS)
+    repeated = torch.zeros_like(tokens, dtype=torch.bool)
+    repeated[:, SEQ_LEN + 2 :] = True
+    for heads in ([circuit().induction_head], [(1, 2)]):
+        expected = induction.ablation_cost(model, tokens, repeated, heads)
+        actual = call_learner(ablation_cost, model, tokens.clone(), repeated.clone(), heads)
+        expect(
+            isinstance(actual, float) and abs(actual - expected) < 1e-4,
+            f"ablating {heads} should raise the loss on repeated tokens by {expected:.4f} nats; you returned {actual!r}.",
+            "return ablated_loss - clean_loss as a float (.item()), with the heads' hook_z zeroed only at those heads.",
+        )
