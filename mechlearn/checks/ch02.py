@@ -1,0 +1,360 @@
+"""Checks for chapter 02, hooks, caches and the residual stream.
+
+Each check runs the learner's code on a small TransformerLens native model whose weights,
+biases and LayerNorm parameters are all perturbed away from their initial values, so
+that leaving out `b_O`, the positional embedding or the LayerNorm's `w` shows. The
+answers come from TransformerLens itself wherever it computes them: the cache
+(`hook_attn_out`, `ln_final.hook_out`, the residual streams), the model's logits, runs
+with a head's weights removed, and runs on edited tokens. Where the answer is a
+definition rather than something the model computes (one head's share of the logits),
+it comes from `mechlearn.attribution`, whose tests tie it to the model's logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechlearn import attribution
+from mechlearn.checks.core import CheckFailed, call_learner, check, expect, expect_tensor
+from mechlearn.models import ModelConfig, make_model
+from mechlearn.patching import mean_ablate_head_hook
+from mechlearn.train import next_token_loss
+
+# d_head * n_heads != d_model, so an einsum that mixes up the two axes fails loudly.
+CONFIG = ModelConfig(d_vocab=13, n_ctx=12, d_model=24, n_layers=2, n_heads=3, d_head=5, d_mlp=40, seed=2)
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
+FINAL_RESID = f"blocks.{CONFIG.n_layers - 1}.hook_resid_post"
+
+
+@functools.lru_cache(maxsize=1)
+def reference() -> tuple[TransformerBridge, Tensor, ActivationCache]:
+    """The model the learner's code runs on, a batch of tokens and the cache of that batch.
+
+    Checks hand the learner `fresh(cache)` and `tokens.clone()`, never these, so a
+    function that edits a tensor in place cannot spoil the answers.
+    """
+    model = make_model(CONFIG, device="cpu")
+    generator = torch.Generator().manual_seed(CONFIG.seed)
+    with torch.no_grad():
+        # b_U is a buffer, not a parameter, in TransformerLens's native model: perturb it too.
+        for weight in [*model.parameters(), model.unembed.bias]:
+            weight.add_(0.2 * torch.randn(weight.shape, generator=generator))
+        tokens = torch.randint(0, CONFIG.d_vocab, (3, 10), generator=generator)
+        _, cache = model.run_with_cache(tokens)
+    model.eval()
+    return model, tokens, cache
+
+
+def fresh(cache: ActivationCache) -> ActivationCache:
+    """A copy of `cache` for the learner's function to use (and, by mistake, to edit)."""
+    return ActivationCache({name: value.clone() for name, value in cache.items()}, cache.model)
+
+
+def _logits(model: TransformerBridge, tokens: Tensor, fwd_hooks: list[tuple[str, Callable]] = ()) -> Tensor:
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+
+
+@functools.lru_cache(maxsize=8)
+def _without_heads(heads: tuple[tuple[int, int], ...]) -> TransformerBridge:
+    """A copy of the reference model in which the listed heads write nothing (their W_O is zero)."""
+    model = copy.deepcopy(reference()[0])
+    with torch.no_grad():
+        for layer, head in heads:
+            model.blocks[layer].attn.W_O[head] = 0.0  # W_O is a view of the output projection
+            if model.blocks[layer].attn.W_O[head].any():
+                raise RuntimeError("TransformerLens no longer lets W_O be edited in place; update this check.")
+    return model
+
+
+def _learner_hook(make_hook: Callable, *args: Any) -> Callable:
+    """The hook the learner's factory returns, wrapped so that its errors name the learner's code."""
+    learner_hook = call_learner(make_hook, *args)
+    expect(
+        callable(learner_hook),
+        f"`{make_hook.__name__}` returned {type(learner_hook).__name__}, expected a hook function",
+        hint="define `def hook(activation, hook): ...` inside and return it (the function, not its result).",
+    )
+    return lambda activation, hook: call_learner(learner_hook, activation, hook)
+
+
+def _missing_piece(difference: Tensor, pieces: dict[str, Tensor]) -> str:
+    """The name of the piece that `difference` equals, or ''."""
+    for name, piece in pieces.items():
+        if torch.allclose(difference, piece.expand_as(difference), atol=1e-4, rtol=1e-3):
+            return name
+    return ""
+
+
+# --- the cache and the residual stream ------------------------------------------------------
+
+
+@check
+def check_head_outputs(head_outputs) -> None:
+    """`head_outputs(cache, model, layer)` are the heads' shares of `hook_attn_out`."""
+    model, _, cache = reference()
+    for layer in range(CONFIG.n_layers):
+        actual = call_learner(head_outputs, fresh(cache), model, layer)
+        expected = attribution.head_outputs(cache, model, layer)
+        hint = "z is [batch pos head d_head] and W_O is [head d_head d_model]: contract d_head only and keep head first."
+        expect_tensor(actual, expected, what=f"head_outputs of layer {layer}", atol=math.inf, hint=hint)
+        expect_tensor(
+            actual.sum(dim=0) + model.blocks[layer].attn.b_O,
+            cache[f"blocks.{layer}.hook_attn_out"],
+            what=f"the sum of your head outputs plus b_O in layer {layer}",
+            hint="each head's output is z_h @ W_O[h], with the z cached at blocks.{layer}.attn.hook_z; leave b_O out.",
+            **TOLERANCE,
+        )
+
+
+@check
+def check_residual_components(residual_components) -> None:
+    """The components add up to the final residual stream and are the right pieces in order."""
+    model, _, cache = reference()
+    result = call_learner(residual_components, fresh(cache), model)
+    expect(
+        isinstance(result, tuple) and len(result) == 2,
+        f"expected a tuple (components, labels), got {type(result).__name__}",
+        hint="end with `return torch.stack(components), labels`.",
+    )
+    components, labels = result
+    expected, expected_labels = attribution.residual_components(cache, model)
+    expect(isinstance(components, Tensor), f"the components are a {type(components).__name__}", "stack them with torch.stack.")
+    expect(
+        components.ndim == 4 and components.shape[1:] == expected.shape[1:],
+        f"the components have shape {tuple(components.shape)}, expected [component batch pos d_model] = "
+        f"[{len(expected_labels)}, {', '.join(map(str, expected.shape[1:]))}]",
+        hint="stack the pieces along a new first axis: torch.stack(list_of_pieces).",
+    )
+    _expect_sum_is_final_residual(components.detach(), model, cache)
+    expect(
+        len(components) == len(expected_labels),
+        f"you returned {len(components)} components, expected {len(expected_labels)}: {', '.join(expected_labels)}",
+        hint="one component per head (split each layer's attention with head_outputs), plus one b_O and one MLP per layer.",
+    )
+    expect_tensor(
+        components,
+        expected,
+        what="the components",
+        hint=f"the order is {', '.join(expected_labels)}.",
+        **TOLERANCE,
+    )
+    expect(
+        isinstance(labels, list) and len(labels) == len(expected_labels) and all(isinstance(l, str) for l in labels),
+        f"expected {len(expected_labels)} labels (str), one per component, got {labels!r}",
+        hint=f"e.g. {expected_labels}.",
+    )
+
+
+def _expect_sum_is_final_residual(components: Tensor, model: TransformerBridge, cache: ActivationCache) -> None:
+    """The sum of the components is the final residual stream; if not, name the missing piece."""
+    total, final = components.sum(dim=0), cache[FINAL_RESID]
+    if torch.allclose(total, final, **TOLERANCE):
+        return
+    layers = range(CONFIG.n_layers)
+    missing = _missing_piece(
+        final - total,
+        {
+            "the positional embedding (hook_pos_embed)": cache["hook_pos_embed"],
+            "the token embedding (hook_embed)": cache["hook_embed"],
+            "each layer's b_O": sum(model.blocks[layer].attn.b_O for layer in layers),
+            "the MLP outputs (hook_mlp_out)": sum(cache[f"blocks.{layer}.hook_mlp_out"] for layer in layers),
+        },
+    )
+    worst = (final - total).abs().max().item()
+    raise CheckFailed(
+        f"your components add up to something that differs from {FINAL_RESID} by up to {worst:.3g}"
+        + (f": it is missing exactly {missing}" if missing else ""),
+        hint="the residual stream is embed + pos_embed + every head's output + every layer's b_O "
+        "(added once per layer, whatever the heads do) + every MLP's output.",
+    )
+
+
+@check
+def check_apply_final_ln(apply_final_ln) -> None:
+    """The final LayerNorm with the cached scale: exact on the full stream, additive on components."""
+    model, _, cache = reference()
+    expect_tensor(
+        call_learner(apply_final_ln, cache[FINAL_RESID].clone(), fresh(cache), model),
+        cache["ln_final.hook_out"],
+        what="apply_final_ln of the final residual stream",
+        hint="centre over d_model, divide by cache['ln_final.hook_scale'], multiply by model.ln_final.w, add model.ln_final.b.",
+        **TOLERANCE,
+    )
+    components, _ = attribution.residual_components(cache, model)
+    actual = call_learner(apply_final_ln, components.clone(), fresh(cache), model, add_bias=False)
+    expect_tensor(
+        actual,
+        attribution.apply_final_ln(components, cache, model, add_bias=False),
+        what="apply_final_ln of a stack of components with add_bias=False",
+        atol=math.inf,
+        hint="the function must work on any number of leading dimensions: mean over the last one, keepdim=True.",
+    )
+    expect_tensor(
+        actual.sum(dim=0) + model.ln_final.b,
+        cache["ln_final.hook_out"],
+        what="the sum of your normalised components plus ln_final.b",
+        hint="use the cached scale for every component (recomputing it from each component breaks the sum), "
+        "and add b only when add_bias is True.",
+        **TOLERANCE,
+    )
+
+
+@check
+def check_logit_lens(logit_lens) -> None:
+    """Entry l is what the model would output if the layers from l on were skipped."""
+    model, tokens, cache = reference()
+    actual = call_learner(logit_lens, fresh(cache), model)
+    skipped = [
+        _logits(model, tokens, [(FINAL_RESID, lambda resid, hook, l=layer: cache[f"blocks.{l}.hook_resid_pre"])])
+        for layer in range(CONFIG.n_layers)
+    ]
+    expected = torch.stack([*skipped, _logits(model, tokens)])
+    hint = "stack the resid_pre of every layer and the final resid_post, apply model.ln_final (it computes each stream's own scale), then @ W_U + b_U."
+    expect_tensor(actual, expected, what="the logit lens", atol=math.inf, hint=hint)
+    expect_tensor(actual[-1], expected[-1], what="the last entry of the logit lens (the model's own logits)", hint=hint, **TOLERANCE)
+    expect_tensor(
+        actual,
+        expected,
+        what="the logit lens",
+        hint="stopping early means the final LayerNorm normalises that earlier stream with its own scale; "
+        "the cached ln_final scale belongs to the final stream only.",
+        **TOLERANCE,
+    )
+
+
+@check
+def check_direct_logit_attribution(direct_logit_attribution) -> None:
+    """Each head's output, through the frozen final LayerNorm, onto the correct next token's unembedding."""
+    model, tokens, cache = reference()
+    actual = call_learner(direct_logit_attribution, fresh(cache), model, tokens.clone())
+    expected = attribution.direct_logit_attribution(cache, model, tokens)
+    expect_tensor(
+        actual,
+        expected,
+        what="the direct logit attribution",
+        hint="position i is scored on the next token, tokens[:, 1:], so drop the last position; use each head's "
+        "z_h @ W_O[h], centred, divided by the cached ln_final scale and multiplied by ln_final.w (no b), "
+        "then dotted with the W_U column of that token.",
+        **TOLERANCE,
+    )
+
+
+# --- hooks -------------------------------------------------------------------------------------
+
+
+@check
+def check_zero_ablate_head_hook(zero_ablate_head_hook) -> None:
+    """With the hook on hook_z, the model behaves as if the head's W_O were zero."""
+    model, tokens, _ = reference()
+    for layer, head in [(0, 1), (1, 2)]:
+        hook = _learner_hook(zero_ablate_head_hook, head)
+        expect_tensor(
+            _logits(model, tokens, [(f"blocks.{layer}.attn.hook_z", hook)]),
+            _logits(_without_heads(((layer, head),)), tokens),
+            what=f"the logits with head {head} of layer {layer} zero-ablated",
+            hint="hook_z is [batch pos head d_head]: zero z[:, :, head] only (z[:, head] would zero a position), "
+            "and return the new z.",
+            **TOLERANCE,
+        )
+
+
+@check
+def check_mean_ablate_head_hook(mean_ablate_head_hook) -> None:
+    """The head's z becomes the given mean at every position; the other heads keep theirs."""
+    model, tokens, _ = reference()
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 6, CONFIG.n_heads, CONFIG.d_head, generator=generator)
+    mean_z = torch.randn(6, CONFIG.n_heads, CONFIG.d_head, generator=generator)
+    hook_point = model.hook_dict["blocks.0.attn.hook_z"]
+    expected = z.clone()
+    expected[:, :, 1] = mean_z[:, 1]
+    expect_tensor(
+        _learner_hook(mean_ablate_head_hook, 1, mean_z.clone())(z.clone(), hook_point),
+        expected,
+        what="your hook's output on a random z (head 1 ablated)",
+        hint="replace z[:, :, head] by mean_z[:, head] (the given mean, one vector per position), keep the other heads, return z.",
+        **TOLERANCE,
+    )
+    # With a mean of zero, mean-ablation is zero-ablation, which TransformerLens computes by zeroing W_O.
+    zeros = torch.zeros(tokens.shape[1], CONFIG.n_heads, CONFIG.d_head)
+    expect_tensor(
+        _logits(model, tokens, [("blocks.1.attn.hook_z", _learner_hook(mean_ablate_head_hook, 0, zeros))]),
+        _logits(_without_heads(((1, 0),)), tokens),
+        what="the logits with head 0 of layer 1 replaced by a zero mean",
+        hint="hook_z is [batch pos head d_head]: overwrite z[:, :, head] only, and return the new z.",
+        **TOLERANCE,
+    )
+
+
+@check
+def check_loss_with_heads_ablated(loss_with_heads_ablated) -> None:
+    """Zero-ablation matches the model without those heads; mean-ablation uses the clean means."""
+    model, tokens, _ = reference()
+    mask = torch.arange(tokens.shape[1] - 1) >= 4
+    cases = [([], "zero", None), ([(0, 1)], "zero", None), ([(0, 1), (1, 2), (1, 0)], "zero", mask)]
+    for heads, mode, case_mask in cases:
+        expected = next_token_loss(_logits(_without_heads(tuple(heads)), tokens), tokens, case_mask)
+        actual = call_learner(loss_with_heads_ablated, model, tokens.clone(), list(heads), mode, case_mask)
+        expect_tensor(
+            actual,
+            expected,
+            what=f"the loss with heads {heads} zero-ablated" + (" on the masked predictions" if case_mask is not None else ""),
+            hint="one hook per (layer, head), all in one run_with_hooks; then next_token_loss(logits, tokens, mask), "
+            "which also handles mask=None.",
+            **TOLERANCE,
+        )
+    heads = [(0, 2), (1, 1)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(tokens)
+    hooks = [(f"blocks.{l}.attn.hook_z", mean_ablate_head_hook(h, clean[f"blocks.{l}.attn.hook_z"].mean(dim=0))) for l, h in heads]
+    expect_tensor(
+        call_learner(loss_with_heads_ablated, model, tokens.clone(), list(heads), "mean", mask),
+        next_token_loss(_logits(model, tokens, hooks), tokens, mask),
+        what=f"the loss with heads {heads} mean-ablated",
+        hint="take each layer's mean z over the batch from ONE clean run (run_with_cache) before ablating anything, "
+        "so that ablating a layer-0 head does not change the mean used in layer 1.",
+        **TOLERANCE,
+    )
+
+
+@check
+def check_patch_position_hook(patch_position_hook) -> None:
+    """Patching the embedding at one position is the same as running on the edited tokens."""
+    model, tokens, _ = reference()
+    source_tokens = (tokens + 1 + torch.arange(tokens.shape[1])) % CONFIG.d_vocab  # differs at every position
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(source_tokens)
+    hint = "overwrite only activation[:, pos] (position is the second axis) with source_activation[:, pos], and return it."
+    for pos in [0, 4, tokens.shape[1] - 1]:
+        edited = tokens.clone()
+        edited[:, pos] = source_tokens[:, pos]
+        hook = _learner_hook(patch_position_hook, pos, source_cache["hook_embed"].clone())
+        expect_tensor(
+            _logits(model, tokens, [("hook_embed", hook)]),
+            _logits(model, edited),
+            what=f"the logits with the embedding of position {pos} patched",
+            hint=hint,
+            **TOLERANCE,
+        )
+    # Called directly, on an activation of another shape: only position `pos` changes.
+    generator = torch.Generator().manual_seed(4)
+    activation, source = torch.randn(2, 7, 3, 4, generator=generator), torch.randn(2, 7, 3, 4, generator=generator)
+    expected = activation.clone()
+    expected[:, 2] = source[:, 2]
+    hook_point = model.hook_dict["blocks.0.attn.hook_z"]
+    expect_tensor(
+        _learner_hook(patch_position_hook, 2, source.clone())(activation.clone(), hook_point),
+        expected,
+        what="your hook's output on a random [batch pos head d_head] activation with pos=2",
+        hint=hint,
+        **TOLERANCE,
+    )

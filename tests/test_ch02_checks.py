@@ -1,0 +1,381 @@
+"""Chapter 02 checks pass on the library's answers and fail, with a hint, on typical mistakes."""
+
+import einops
+import pytest
+import torch
+
+from mechlearn import attribution, patching
+from mechlearn.checks import CheckFailed
+from mechlearn.checks import ch02
+from mechlearn.train import next_token_loss
+
+
+@pytest.fixture(autouse=True)
+def raising_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MECHLEARN_CHECK_LOG set, failing checks print instead of raising."""
+    monkeypatch.delenv("MECHLEARN_CHECK_LOG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models run many times faster on one thread, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def expect_failure(check, learner, hint_contains: str = "") -> str:
+    with pytest.raises(CheckFailed) as failure:
+        check(learner)
+    message = str(failure.value)
+    label = check.__name__.removeprefix("check_")
+    assert message.startswith(f"✗ {label}: "), message
+    assert "\nHint: " in message, message
+    assert hint_contains in failure.value.hint, message
+    return message
+
+
+# --- every check passes on the library's answer ------------------------------------------------
+
+REFERENCE_ANSWERS = [
+    (ch02.check_head_outputs, attribution.head_outputs),
+    (ch02.check_residual_components, attribution.residual_components),
+    (ch02.check_apply_final_ln, attribution.apply_final_ln),
+    (ch02.check_logit_lens, attribution.logit_lens),
+    (ch02.check_direct_logit_attribution, attribution.direct_logit_attribution),
+    (ch02.check_zero_ablate_head_hook, patching.zero_ablate_head_hook),
+    (ch02.check_mean_ablate_head_hook, patching.mean_ablate_head_hook),
+    (ch02.check_loss_with_heads_ablated, patching.loss_with_heads_ablated),
+    (ch02.check_patch_position_hook, patching.patch_position_hook),
+]
+
+
+@pytest.mark.parametrize("check, answer", REFERENCE_ANSWERS, ids=lambda x: getattr(x, "__name__", ""))
+def test_check_passes_on_reference(check, answer, capsys: pytest.CaptureFixture) -> None:
+    check(answer)
+    label = check.__name__.removeprefix("check_")
+    assert capsys.readouterr().out == f"✓ {label}: all tests passed\n"
+
+
+def test_a_learner_editing_the_cache_in_place_does_not_spoil_later_checks(capsys) -> None:
+    def head_outputs(cache, model, layer):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        z *= 2  # a mistake, in place
+        return attribution.head_outputs(cache, model, layer)
+
+    expect_failure(ch02.check_head_outputs, head_outputs)
+    ch02.check_residual_components(attribution.residual_components)
+    assert "✓ residual_components" in capsys.readouterr().out
+
+
+# --- head outputs and the decomposition ----------------------------------------------------------
+
+
+def test_head_outputs_summed_over_heads() -> None:
+    def head_outputs(cache, model, layer):
+        return cache[f"blocks.{layer}.hook_attn_out"] - model.blocks[layer].attn.b_O
+
+    message = expect_failure(ch02.check_head_outputs, head_outputs)
+    assert "has shape (3, 10, 24), expected (3, 3, 10, 24)" in message
+
+
+def test_head_outputs_with_b_o_in_every_head() -> None:
+    def head_outputs(cache, model, layer):
+        return attribution.head_outputs(cache, model, layer) + model.blocks[layer].attn.b_O
+
+    expect_failure(ch02.check_head_outputs, head_outputs, hint_contains="leave b_O out")
+
+
+def test_head_outputs_batch_first() -> None:
+    def head_outputs(cache, model, layer):
+        return einops.rearrange(attribution.head_outputs(cache, model, layer), "head batch pos d -> batch head pos d")
+
+    expect_failure(ch02.check_head_outputs, head_outputs)
+
+
+def components_without(*left_out: str):
+    def residual_components(cache, model):
+        components, labels = attribution.residual_components(cache, model)
+        keep = [i for i, label in enumerate(labels) if not any(part in label for part in left_out)]
+        return components[keep], [labels[i] for i in keep]
+
+    return residual_components
+
+
+def test_components_without_b_o() -> None:
+    message = expect_failure(ch02.check_residual_components, components_without("b_O"), hint_contains="b_O")
+    assert "missing exactly each layer's b_O" in message
+
+
+def test_components_without_the_positional_embedding() -> None:
+    message = expect_failure(ch02.check_residual_components, components_without("pos_embed"))
+    assert "missing exactly the positional embedding" in message
+
+
+def test_components_without_the_mlps() -> None:
+    message = expect_failure(ch02.check_residual_components, components_without("MLP"))
+    assert "missing exactly the MLP outputs" in message
+
+
+def test_components_per_layer_instead_of_per_head() -> None:
+    def residual_components(cache, model):
+        pieces = [cache["hook_embed"], cache["hook_pos_embed"]]
+        for layer in range(model.cfg.n_layers):
+            pieces += [cache[f"blocks.{layer}.hook_attn_out"], cache[f"blocks.{layer}.hook_mlp_out"]]
+        return torch.stack(pieces), ["embed", "pos_embed", "L0 attn", "L0 MLP", "L1 attn", "L1 MLP"]
+
+    message = expect_failure(ch02.check_residual_components, residual_components, hint_contains="one component per head")
+    assert "you returned 6 components, expected 12" in message
+
+
+def test_components_in_another_order() -> None:
+    def residual_components(cache, model):
+        components, labels = attribution.residual_components(cache, model)
+        return components.flip(0), labels[::-1]
+
+    expect_failure(ch02.check_residual_components, residual_components, hint_contains="the order is embed, pos_embed, L0H0")
+
+
+def test_components_without_labels() -> None:
+    def residual_components(cache, model):
+        return attribution.residual_components(cache, model)[0]
+
+    message = expect_failure(ch02.check_residual_components, residual_components)
+    assert "expected a tuple (components, labels), got Tensor" in message
+
+
+# --- the final LayerNorm, the lens and DLA --------------------------------------------------------
+
+
+def test_final_ln_recomputing_the_scale() -> None:
+    def apply_final_ln(resid, cache, model, add_bias=True):
+        centred = resid - resid.mean(dim=-1, keepdim=True)
+        normalised = centred / (centred.pow(2).mean(dim=-1, keepdim=True) + 1e-5).sqrt() * model.ln_final.w
+        return normalised + model.ln_final.b if add_bias else normalised
+
+    expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="use the cached scale for every component")
+
+
+def test_final_ln_always_adding_b() -> None:
+    def apply_final_ln(resid, cache, model, add_bias=True):
+        return attribution.apply_final_ln(resid, cache, model, add_bias=True)
+
+    expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="add b only when add_bias")
+
+
+def test_final_ln_without_w() -> None:
+    def apply_final_ln(resid, cache, model, add_bias=True):
+        centred = resid - resid.mean(dim=-1, keepdim=True)
+        return centred / cache["ln_final.hook_scale"] + (model.ln_final.b if add_bias else 0)
+
+    expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="multiply by model.ln_final.w")
+
+
+def test_final_ln_without_centring() -> None:
+    def apply_final_ln(resid, cache, model, add_bias=True):
+        normalised = resid / cache["ln_final.hook_scale"] * model.ln_final.w
+        return normalised + model.ln_final.b if add_bias else normalised
+
+    expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="centre over d_model")
+
+
+def test_logit_lens_with_the_frozen_scale() -> None:
+    def logit_lens(cache, model):
+        streams = torch.stack([cache["blocks.0.hook_resid_pre"], cache["blocks.1.hook_resid_pre"], cache["blocks.1.hook_resid_post"]])
+        return attribution.apply_final_ln(streams, cache, model) @ model.W_U + model.b_U
+
+    expect_failure(ch02.check_logit_lens, logit_lens, hint_contains="with its own scale")
+
+
+def test_logit_lens_without_the_final_stream() -> None:
+    def logit_lens(cache, model):
+        return attribution.logit_lens(cache, model)[:-1]
+
+    message = expect_failure(ch02.check_logit_lens, logit_lens)
+    assert "has shape (2, 3, 10, 13), expected (3, 3, 10, 13)" in message
+
+
+def test_logit_lens_without_b_u() -> None:
+    def logit_lens(cache, model):
+        return attribution.logit_lens(cache, model) - model.b_U
+
+    expect_failure(ch02.check_logit_lens, logit_lens, hint_contains="@ W_U + b_U")
+
+
+def dla_scoring(target):
+    """DLA scored on `target(tokens)` instead of the next token."""
+
+    def direct_logit_attribution(cache, model, tokens):
+        heads = torch.stack([attribution.head_outputs(cache, model, layer) for layer in range(model.cfg.n_layers)])
+        normalised = attribution.apply_final_ln(heads, cache, model, add_bias=False)[..., :-1, :]
+        return einops.einsum(normalised, model.W_U[:, target(tokens)], "l h b p d, d b p -> l h b p")
+
+    return direct_logit_attribution
+
+
+def test_dla_scored_on_the_current_token() -> None:
+    expect_failure(ch02.check_direct_logit_attribution, dla_scoring(lambda tokens: tokens[:, :-1]), hint_contains="tokens[:, 1:]")
+
+
+def test_dla_passes_when_written_by_hand(capsys) -> None:
+    ch02.check_direct_logit_attribution(dla_scoring(lambda tokens: tokens[:, 1:]))
+    assert "✓ direct_logit_attribution" in capsys.readouterr().out
+
+
+def test_dla_with_an_unfrozen_layer_norm() -> None:
+    def direct_logit_attribution(cache, model, tokens):
+        heads = torch.stack([attribution.head_outputs(cache, model, layer) for layer in range(model.cfg.n_layers)])
+        normalised = (model.ln_final(heads) - model.ln_final.b)[..., :-1, :]
+        return einops.einsum(normalised, model.W_U[:, tokens[:, 1:]], "l h b p d, d b p -> l h b p")
+
+    expect_failure(ch02.check_direct_logit_attribution, direct_logit_attribution, hint_contains="cached ln_final scale")
+
+
+def test_dla_with_every_position() -> None:
+    def direct_logit_attribution(cache, model, tokens):
+        heads = torch.stack([attribution.head_outputs(cache, model, layer) for layer in range(model.cfg.n_layers)])
+        return (attribution.apply_final_ln(heads, cache, model, add_bias=False) @ model.W_U).amax(dim=-1)
+
+    message = expect_failure(ch02.check_direct_logit_attribution, direct_logit_attribution)
+    assert "has shape (2, 3, 3, 10), expected (2, 3, 3, 9)" in message
+
+
+# --- hooks -------------------------------------------------------------------------------------
+
+
+def head_hook(ablate):
+    """A hook factory whose hook applies `ablate(z, head)` to a copy of z."""
+
+    def make(head, *args):
+        def hook(z, hook):
+            z = z.clone()
+            ablate(z, head, *args)
+            return z
+
+        return hook
+
+    return make
+
+
+def zero_every_head(z, head):
+    z[:] = 0.0
+
+
+def zero_a_position(z, head):
+    z[:, head] = 0.0
+
+
+@pytest.mark.parametrize("mistake", [zero_every_head, zero_a_position])
+def test_zero_ablation_mistakes(mistake) -> None:
+    expect_failure(ch02.check_zero_ablate_head_hook, head_hook(mistake), hint_contains="zero z[:, :, head] only")
+
+
+def test_zero_ablation_hook_that_returns_nothing() -> None:
+    def zero_ablate_head_hook(head):
+        def hook(z, hook):
+            z.clone()[:, :, head] = 0.0  # changes a copy and drops it
+
+        return hook
+
+    expect_failure(ch02.check_zero_ablate_head_hook, zero_ablate_head_hook, hint_contains="return the new z")
+
+
+def test_zero_ablation_factory_returning_the_wrong_thing() -> None:
+    message = expect_failure(ch02.check_zero_ablate_head_hook, lambda head: None, hint_contains="return it")
+    assert "returned NoneType, expected a hook function" in message
+
+
+def test_zero_ablation_hook_that_crashes_names_the_line() -> None:
+    def zero_ablate_head_hook(head):
+        def hook(z, hook):
+            return z * torch.ones(z.shape[-2])  # broadcasts against d_head, not head
+
+        return hook
+
+    message = expect_failure(ch02.check_zero_ablate_head_hook, zero_ablate_head_hook)
+    assert "`hook` raised RuntimeError" in message and "torch.ones(z.shape[-2])" in message
+
+
+def mean_of_the_batch(z, head, mean_z):
+    z[:, :, head] = z[:, :, head].mean(dim=0)
+
+
+def mean_on_a_position(z, head, mean_z):
+    z[:, head] = mean_z[:, head][: z.shape[2]].sum()
+
+
+@pytest.mark.parametrize("mistake", [mean_of_the_batch, mean_on_a_position])
+def test_mean_ablation_mistakes(mistake) -> None:
+    expect_failure(ch02.check_mean_ablate_head_hook, head_hook(mistake), hint_contains="replace z[:, :, head] by mean_z[:, head]")
+
+
+def loss_that(build_hooks, use_mask=True):
+    def loss_with_heads_ablated(model, tokens, heads, mode="zero", mask=None):
+        logits = model.run_with_hooks(tokens, fwd_hooks=build_hooks(model, tokens, heads, mode))
+        return next_token_loss(logits, tokens, mask if use_mask else None)
+
+    return loss_with_heads_ablated
+
+
+def test_loss_ignoring_the_mask() -> None:
+    expect_failure(ch02.check_loss_with_heads_ablated, loss_that(patching.head_ablation_hooks, use_mask=False))
+
+
+def test_loss_ablating_only_the_first_head() -> None:
+    expect_failure(
+        ch02.check_loss_with_heads_ablated,
+        loss_that(lambda model, tokens, heads, mode: patching.head_ablation_hooks(model, tokens, heads[:1], mode)),
+        hint_contains="one hook per (layer, head)",
+    )
+
+
+def test_loss_always_zero_ablating() -> None:
+    expect_failure(
+        ch02.check_loss_with_heads_ablated,
+        loss_that(lambda model, tokens, heads, mode: patching.head_ablation_hooks(model, tokens, heads, "zero")),
+        hint_contains="from ONE clean run",
+    )
+
+
+def test_loss_taking_means_from_the_ablated_run() -> None:
+    def means_on_the_fly(model, tokens, heads, mode):
+        if mode == "zero":
+            return patching.head_ablation_hooks(model, tokens, heads, mode)
+        return [(f"blocks.{layer}.attn.hook_z", head_hook(mean_of_the_batch)(head, None)) for layer, head in heads]
+
+    expect_failure(ch02.check_loss_with_heads_ablated, loss_that(means_on_the_fly), hint_contains="from ONE clean run")
+
+
+def test_loss_returning_a_float() -> None:
+    def loss_with_heads_ablated(model, tokens, heads, mode="zero", mask=None):
+        return patching.loss_with_heads_ablated(model, tokens, heads, mode, mask).item()
+
+    message = expect_failure(ch02.check_loss_with_heads_ablated, loss_with_heads_ablated)
+    assert "got float" in message
+
+
+def patch_that(write):
+    def patch_position_hook(pos, source_activation):
+        def hook(activation, hook):
+            patched = activation.clone()
+            write(patched, source_activation, pos)
+            return patched
+
+        return hook
+
+    return patch_position_hook
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda patched, source, pos: patched.__setitem__((slice(None), pos + 1), source[:, pos + 1]),
+        lambda patched, source, pos: patched.__setitem__((slice(None), slice(pos, None)), source[:, pos:]),
+        lambda patched, source, pos: patched.copy_(source),
+        lambda patched, source, pos: patched.__setitem__((slice(None), slice(None), pos), source[:, :, pos]),
+    ],
+    ids=["next_position", "from_pos_on", "everything", "wrong_axis"],
+)
+def test_patching_mistakes(write) -> None:
+    expect_failure(ch02.check_patch_position_hook, patch_that(write), hint_contains="overwrite only activation[:, pos]")
