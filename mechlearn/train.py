@@ -48,25 +48,29 @@ class TrainConfig:
 def next_token_loss(
     logits: Float[Tensor, "batch pos d_vocab"],
     tokens: Int[Tensor, "batch pos"],
-    target_mask: Bool[Tensor, "pos_minus_1"] | None = None,
+    target_mask: Bool[Tensor, "pos_minus_1"] | Bool[Tensor, "batch pos_minus_1"] | None = None,
 ) -> Float[Tensor, ""]:
-    """Mean cross-entropy of predicting token i + 1 from position i, over the masked positions."""
+    """Mean cross-entropy of predicting token i + 1 from position i, over the masked predictions.
+
+    The mask is one row for every sequence (a task's `target_mask`) or one row per sequence
+    (e.g. the repeated tokens of each sequence, `repeated[:, 1:]`).
+    """
     log_probs = logits[:, :-1].log_softmax(dim=-1)
     correct_log_probs = log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
     if target_mask is not None:
-        correct_log_probs = correct_log_probs[:, target_mask.to(tokens.device)]
+        correct_log_probs = correct_log_probs[target_mask.to(tokens.device).expand_as(correct_log_probs)]
     return -correct_log_probs.mean()
 
 
 def next_token_accuracy(
     logits: Float[Tensor, "batch pos d_vocab"],
     tokens: Int[Tensor, "batch pos"],
-    target_mask: Bool[Tensor, "pos_minus_1"] | None = None,
+    target_mask: Bool[Tensor, "pos_minus_1"] | Bool[Tensor, "batch pos_minus_1"] | None = None,
 ) -> float:
-    """Fraction of masked positions where the most likely next token is the right one."""
+    """Fraction of masked predictions where the most likely next token is the right one."""
     correct = logits[:, :-1].argmax(dim=-1) == tokens[:, 1:]
     if target_mask is not None:
-        correct = correct[:, target_mask.to(tokens.device)]
+        correct = correct[target_mask.to(tokens.device).expand_as(correct)]
     return correct.float().mean().item()
 
 

@@ -202,3 +202,17 @@ def test_sorting_decode_and_validation() -> None:
         SortingTask(n_digits=1)
     with pytest.raises(ValueError, match="length >= 1"):
         SortingTask(length=0)
+
+
+def test_masks_may_differ_per_sequence() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, generator=generator)
+    tokens = torch.randint(0, 5, (2, 4), generator=generator)
+    per_sequence = torch.tensor([[True, False, False], [False, False, True]])
+    log_probs = logits.log_softmax(-1)
+    expected = -(log_probs[0, 0, tokens[0, 1]] + log_probs[1, 2, tokens[1, 3]]) / 2
+    assert torch.allclose(next_token_loss(logits, tokens, per_sequence), expected)
+    shared = torch.tensor([True, False, True])
+    assert torch.allclose(next_token_loss(logits, tokens, shared), next_token_loss(logits, tokens, shared.expand(2, 3)))
+    correct = (logits[:, :-1].argmax(-1) == tokens[:, 1:])[per_sequence].float().mean().item()
+    assert next_token_accuracy(logits, tokens, per_sequence) == correct
