@@ -9,15 +9,6 @@ from mechlearn.models import ModelConfig, load_pretrained, make_model
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many times faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def no_grad():
     with torch.no_grad():
         yield

@@ -3,38 +3,11 @@
 import einops
 import pytest
 import torch
+from check_helpers import expect_failure
 
 from mechlearn import attribution, patching
-from mechlearn.checks import CheckFailed
 from mechlearn.checks import ch02
 from mechlearn.train import next_token_loss
-
-
-@pytest.fixture(autouse=True)
-def raising_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With MECHLEARN_CHECK_LOG set, failing checks print instead of raising."""
-    monkeypatch.delenv("MECHLEARN_CHECK_LOG", raising=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run many times faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def expect_failure(check, learner, hint_contains: str = "") -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check(learner)
-    message = str(failure.value)
-    label = check.__name__.removeprefix("check_")
-    assert message.startswith(f"✗ {label}: "), message
-    assert "\nHint: " in message, message
-    assert hint_contains in failure.value.hint, message
-    return message
-
 
 # --- every check passes on the library's answer ------------------------------------------------
 

@@ -13,15 +13,6 @@ TASK = SortingTask(n_digits=5, length=3)
 FAST = TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup_steps=5, eval_every=20, eval_batch_size=128)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train many times faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0, d_mlp: int | None = 32):
     return make_model(
         ModelConfig(d_vocab=TASK.d_vocab, n_ctx=TASK.n_ctx, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=d_mlp, seed=seed)

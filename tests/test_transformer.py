@@ -28,15 +28,6 @@ from mechlearn.transformer import (
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many times faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 # n_heads * d_head != d_model, so mixed-up axes fail.
 MLP_CONFIG = ModelConfig(d_vocab=11, n_ctx=12, d_model=20, n_layers=3, n_heads=3, d_head=4, d_mlp=36, seed=2)
