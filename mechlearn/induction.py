@@ -18,7 +18,8 @@ much a later head's keys read what an earlier head wrote.
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 import einops
 import torch
@@ -29,6 +30,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import model_device
+from mechlearn.tasks.induction import LabelledTokens
 
 DEFAULT_THRESHOLD = 0.5
 """A head counts when more than half of its attention goes where the score looks.
@@ -298,3 +300,112 @@ def ablation_cost(
     clean = loss_on_tokens(model(tokens), tokens, mask)
     ablated = loss_on_tokens(model.run_with_hooks(tokens, fwd_hooks=zero_ablation_hooks(heads)), tokens, mask)
     return (ablated - clean).item()
+
+
+
+# --- the induction circuit of a trained model ---------------------------------------------------
+
+
+def head_label(layer: int, head: int) -> str:
+    """`L1H0` for layer 1, head 0: TransformerLens's name for a head."""
+    return f"L{layer}H{head}"
+
+
+def _per_head(name: str, scores: Float[Tensor, "layer head"]) -> dict[str, float]:
+    return {f"{name}_{head_label(layer, head)}": score for (layer, head), score in _enumerate_heads(scores)}
+
+
+def _enumerate_heads(scores: Float[Tensor, "layer head"]) -> list[tuple[Head, float]]:
+    return [((layer, head), scores[layer, head].item()) for layer in range(scores.shape[0]) for head in range(scores.shape[1])]
+
+
+def training_monitor(
+    labelled: LabelledTokens, seq_len: int, bos: int | None, n_sequences: int = 32, seed: int = 0
+) -> Callable[[TransformerBridge, Tensor], dict[str, float]]:
+    """An `eval_fn` for `mechlearn.train.train` that records the induction phase change.
+
+    Each call returns the loss on the `first` and `repeated` tokens of `labelled` (a fixed
+    held-out batch), every head's induction and previous-token score on repeated random
+    tokens of length `seq_len`, and `seconds` since the monitor was made: make it just
+    before training starts.
+    """
+    start = time.perf_counter()
+
+    @torch.no_grad()
+    def monitor(model: TransformerBridge, eval_tokens: Tensor) -> dict[str, float]:
+        tokens = labelled.tokens.to(model_device(model))
+        logits = model(tokens)
+        _, patterns = repeated_tokens_patterns(model, seq_len, n_sequences, seed, bos)
+        return {
+            "seconds": time.perf_counter() - start,
+            "loss_first": loss_on_tokens(logits, tokens, labelled.first).item(),
+            "loss_repeated": loss_on_tokens(logits, tokens, labelled.repeated).item(),
+            **_per_head("induction_score", induction_scores(patterns, seq_len)),
+            **_per_head("previous_token_score", previous_token_scores(patterns)),
+        }
+
+    return monitor
+
+
+def first_record_where(history: list[dict[str, float]], key_prefix: str, threshold: float) -> dict[str, float] | None:
+    """The first history record in which some `key_prefix*` metric reached `threshold`, or None.
+
+    E.g. `first_record_where(card["history"], "induction_score_L1", 0.8)["seconds"]` is how long
+    training took to grow a layer-1 head with induction score 0.8.
+    """
+    for record in history:
+        if any(value >= threshold for key, value in record.items() if key.startswith(key_prefix)):
+            return record
+    return None
+
+
+@torch.no_grad()
+def induction_circuit_summary(
+    model: TransformerBridge,
+    labelled: LabelledTokens,
+    bos: int | None,
+    seq_len: int | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> dict[str, Any]:
+    """The numbers that say a 2-layer model holds a previous-token -> induction circuit.
+
+    Scores come from repeated random tokens; losses and ablations from `labelled` (tokens
+    with `repeated` and `first` masks). The circuit is the layer-0 heads with
+    previous-token score >= `threshold` and the layer-1 heads with induction score >=
+    `threshold`; each group is zero-ablated together, and every head alone.
+    """
+    if model.cfg.n_layers != 2:
+        raise ValueError(f"induction_circuit_summary reads a 2-layer model; this one has {model.cfg.n_layers} layers.")
+    seq_len = _default_seq_len(model, bos) if seq_len is None else seq_len
+    _, patterns = repeated_tokens_patterns(model, seq_len, bos=bos)
+    previous = previous_token_scores(patterns)
+    induction = induction_scores(patterns, seq_len)
+    previous_token_heads = [head for head in heads_above(previous, threshold) if head[0] == 0]
+    induction_heads = [head for head in heads_above(induction, threshold) if head[0] == 1]
+    circuit = previous_token_heads + induction_heads
+
+    tokens = labelled.tokens.to(model_device(model))
+    logits = model(tokens)
+    single_head_costs = {
+        head_label(*head): ablation_cost(model, tokens, labelled.repeated, [head]) for head, _ in _enumerate_heads(previous)
+    }
+    outside = [cost for label, cost in single_head_costs.items() if label not in {head_label(*head) for head in circuit}]
+    composition = k_composition_scores(model)
+    strongest = divmod(int(composition.argmax()), composition.shape[1])
+    return {
+        "seq_len": seq_len,
+        "threshold": threshold,
+        "previous_token_scores": previous.tolist(),
+        "duplicate_token_scores": duplicate_token_scores(patterns, seq_len).tolist(),
+        "induction_scores": induction.tolist(),
+        "previous_token_heads": [list(head) for head in previous_token_heads],
+        "induction_heads": [list(head) for head in induction_heads],
+        "loss_first": loss_on_tokens(logits, tokens, labelled.first).item(),
+        "loss_repeated": loss_on_tokens(logits, tokens, labelled.repeated).item(),
+        "ablate_previous_token_heads": ablation_cost(model, tokens, labelled.repeated, previous_token_heads),
+        "ablate_induction_heads": ablation_cost(model, tokens, labelled.repeated, induction_heads),
+        "ablate_single_head": single_head_costs,
+        "ablate_worst_head_outside_circuit": max(outside, default=0.0),
+        "k_composition_scores": composition.tolist(),
+        "strongest_k_composition": [[0, strongest[0]], [1, strongest[1]]],
+    }

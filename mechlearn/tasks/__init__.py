@@ -5,6 +5,7 @@ A task is a small object with `d_vocab`, `n_ctx`, `sample(batch_size, generator)
 """
 
 from mechlearn.tasks.base import Task
+from mechlearn.tasks.induction import FixedOffsetRepeatTask, InductionTask, LabelledTokens
 from mechlearn.tasks.sorting import SortingTask
 
-__all__ = ["Task", "SortingTask"]
+__all__ = ["Task", "SortingTask", "InductionTask", "FixedOffsetRepeatTask", "LabelledTokens"]
