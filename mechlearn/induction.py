@@ -26,11 +26,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import model_device
+from mechlearn.patching import run_with_heads_ablated
 from mechlearn.tasks.induction import LabelledTokens
+from mechlearn.train import next_token_loss
 
 DEFAULT_THRESHOLD = 0.5
 """A head counts when more than half of its attention goes where the score looks.
@@ -40,7 +41,6 @@ random model every score stays far below this; a head that does the job scores n
 """
 
 Head = tuple[int, int]  # (layer, head)
-ForwardHook = tuple[str, Callable[[Tensor, HookPoint], Tensor]]
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -227,8 +227,9 @@ def k_composition_scores(
     `||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F)` for head A in `earlier_layer`
     and head B in `later_layer`, computed with `FactoredMatrix` so that no d_model x d_model
     product is formed. It equals the matching entries of
-    `model.all_composition_scores("K")`; like it, it reads the raw weights (any LayerNorm
-    weights in between are not folded in).
+    `model.all_composition_scores("K")`, except that a head with all-zero weights scores 0
+    rather than NaN; like it, it reads the raw weights (any LayerNorm weights in between are
+    not folded in).
     """
     if model.cfg.n_layers < 2:
         raise ValueError(f"k_composition_scores needs a model with at least 2 layers; this one has {model.cfg.n_layers}.")
@@ -241,7 +242,9 @@ def k_composition_scores(
     # K-composition: the output of A is read through W_K, i.e. from the right of W_QK.
     keys_read = model.QK[later_layer].T  # [later_head d_model d_model]
     composed = writes[:, None] @ keys_read[None, :]
-    return composed.norm() / (writes.norm()[:, None] * keys_read.norm()[None, :])
+    norms = writes.norm()[:, None] * keys_read.norm()[None, :]
+    # A head whose weights are all zero writes or reads nothing: it composes with nothing (not 0/0).
+    return torch.where(norms > 0, composed.norm() / norms.clamp(min=torch.finfo(norms.dtype).tiny), 0.0)
 
 
 # --- losses and ablations ----------------------------------------------------------------------
@@ -252,8 +255,8 @@ def loss_on_tokens(
 ) -> Float[Tensor, ""]:
     """Mean cross-entropy of predicting the tokens marked in `mask`, each from the position before.
 
-    `mask` marks tokens, not predictions (e.g. `repeated` from `InductionTask.sample_labelled`),
-    so position 0 (which nothing predicts) must be False.
+    `mask` marks tokens, not predictions (e.g. `repeated` from `InductionTask.sample_labelled`):
+    the prediction of token t is made at t - 1, so this is `next_token_loss` with `mask[:, 1:]`.
     """
     if mask.shape != tokens.shape:
         raise ValueError(f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask.shape)}.")
@@ -261,29 +264,7 @@ def loss_on_tokens(
         raise ValueError("mask marks position 0, which no position predicts; mark tokens from position 1 on.")
     if not mask.any():
         raise ValueError("mask marks no tokens, so there is no loss to average.")
-    log_probs = logits[:, :-1].log_softmax(dim=-1)
-    correct_log_probs = log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-    return -correct_log_probs[mask[:, 1:].to(logits.device)].mean()
-
-
-def zero_ablation_hooks(heads: list[Head]) -> list[ForwardHook]:
-    """Forward hooks that set the output `z` of each listed head to zero.
-
-    Zeroing `hook_z` removes the head's whole contribution to the residual stream except
-    its share of the bias `b_O`, which does not depend on the input.
-    """
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-
-    def zero_heads(layer_heads: list[int]) -> Callable[[Tensor, HookPoint], Tensor]:
-        def hook(z: Float[Tensor, "batch pos head d_head"], hook: HookPoint) -> Tensor:
-            keep = torch.ones(z.shape[-2], 1, device=z.device, dtype=z.dtype)
-            keep[layer_heads] = 0.0
-            return z * keep
-        return hook
-
-    return [(f"blocks.{layer}.attn.hook_z", zero_heads(layer_heads)) for layer, layer_heads in sorted(by_layer.items())]
+    return next_token_loss(logits, tokens, mask[:, 1:])
 
 
 @torch.no_grad()
@@ -291,16 +272,10 @@ def ablation_cost(
     model: TransformerBridge, tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"], heads: list[Head]
 ) -> float:
     """How much the loss on the `mask`ed tokens rises (nats) when `heads` are zero-ablated together."""
-    for layer, head in heads:
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(
-                f"heads contains ({layer}, {head}), but the model has {model.cfg.n_layers} layers of {model.cfg.n_heads} heads."
-            )
     tokens = tokens.to(model_device(model))
     clean = loss_on_tokens(model(tokens), tokens, mask)
-    ablated = loss_on_tokens(model.run_with_hooks(tokens, fwd_hooks=zero_ablation_hooks(heads)), tokens, mask)
+    ablated = loss_on_tokens(run_with_heads_ablated(model, tokens, heads), tokens, mask)
     return (ablated - clean).item()
-
 
 
 # --- the induction circuit of a trained model ---------------------------------------------------

@@ -1,0 +1,269 @@
+"""mechlearn.induction: scores on hand-built patterns, finders on known and random models, K-composition."""
+
+import math
+
+import pytest
+import torch
+
+from mechlearn import induction
+from mechlearn.handcrafted import induction_circuit_model
+from mechlearn.models import ModelConfig, make_model
+from mechlearn.tasks import InductionTask
+from mechlearn.train import next_token_loss
+
+N_POS, SEQ_LEN = 9, 4  # [BOS, x1..x4, x1..x4]
+
+
+def stripe_pattern(offset: int, first_query: int, n_pos: int = N_POS) -> torch.Tensor:
+    """One head's pattern [q k]: queries >= first_query attend `offset` back, the rest to themselves."""
+    pattern = torch.zeros(n_pos, n_pos)
+    for query in range(n_pos):
+        pattern[query, query - offset if query >= first_query else query] = 1.0
+    return pattern
+
+
+def uniform_pattern(n_pos: int = N_POS) -> torch.Tensor:
+    causal = torch.ones(n_pos, n_pos).tril()
+    return causal / causal.sum(dim=-1, keepdim=True)
+
+
+def stack(*heads: torch.Tensor, batch: int = 3) -> torch.Tensor:
+    """[layer=1 batch head q k] from per-head [q k] patterns."""
+    return torch.stack(heads)[None, None].expand(1, batch, -1, -1, -1).clone()
+
+
+@pytest.fixture(scope="module")
+def circuit():
+    return induction_circuit_model(d_vocab=64, n_ctx=24, n_heads=3, previous_token_head=2, induction_head=1)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return make_model(ModelConfig(d_vocab=16, n_ctx=24, d_model=24, n_layers=2, n_heads=3, d_head=8, d_mlp=None, seed=1))
+
+
+# --- repeated random tokens ----------------------------------------------------------------
+
+
+def test_repeated_random_tokens_with_bos() -> None:
+    tokens = induction.repeated_random_tokens(10, 6, 50, torch.Generator().manual_seed(0), bos=3)
+    assert tokens.shape == (50, 13) and tokens.dtype == torch.long
+    assert (tokens[:, 0] == 3).all()
+    assert torch.equal(tokens[:, 1:7], tokens[:, 7:])
+    body = tokens[:, 1:]
+    assert not (body == 3).any() and body.min() >= 0 and body.max() == 9  # BOS is skipped, 9 still drawn
+    assert torch.equal(tokens, induction.repeated_random_tokens(10, 6, 50, torch.Generator().manual_seed(0), bos=3))
+
+
+def test_repeated_random_tokens_without_bos() -> None:
+    tokens = induction.repeated_random_tokens(10, 6, 4, torch.Generator().manual_seed(0))
+    assert tokens.shape == (4, 12)
+    assert torch.equal(tokens[:, :6], tokens[:, 6:])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [((0, 4, 2), "d_vocab must be a positive int"), ((10, 0, 2), "seq_len must be"), ((10, 4, 0), "batch must be")],
+)
+def test_repeated_random_tokens_validation(args, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        induction.repeated_random_tokens(*args)
+    with pytest.raises(ValueError, match=r"bos must be a token id in \[0, 10\)"):
+        induction.repeated_random_tokens(10, 4, 2, bos=10)
+
+
+# --- scores on patterns whose answer is known ----------------------------------------------
+
+
+def test_scores_of_exact_patterns() -> None:
+    first_copy = N_POS - SEQ_LEN
+    patterns = stack(
+        stripe_pattern(1, 1),  # previous token everywhere
+        stripe_pattern(SEQ_LEN - 1, first_copy),  # induction: to the token after the first occurrence
+        stripe_pattern(SEQ_LEN, first_copy),  # duplicate: to the first occurrence itself
+        stripe_pattern(0, 0),  # attends to itself
+    )
+    torch.testing.assert_close(induction.previous_token_scores(patterns), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(induction.induction_scores(patterns, SEQ_LEN), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(induction.duplicate_token_scores(patterns, SEQ_LEN), torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_scores_of_a_uniform_pattern() -> None:
+    patterns = stack(uniform_pattern())
+    # Query q spreads 1 / (q + 1) over keys 0..q.
+    previous = sum(1 / (q + 1) for q in range(1, N_POS)) / (N_POS - 1)
+    second_half = sum(1 / (q + 1) for q in range(N_POS - SEQ_LEN, N_POS)) / SEQ_LEN
+    assert induction.previous_token_scores(patterns).item() == pytest.approx(previous)
+    assert induction.induction_scores(patterns, SEQ_LEN).item() == pytest.approx(second_half)
+    assert induction.duplicate_token_scores(patterns, SEQ_LEN).item() == pytest.approx(second_half)
+
+
+def test_scores_average_over_the_batch_and_keep_layers_apart() -> None:
+    half = torch.stack([stripe_pattern(1, 1), stripe_pattern(0, 0)])  # sequence 0 previous-token, sequence 1 self
+    patterns = torch.stack([half[:, None], half.flip(0)[:, None]])  # [layer=2 batch=2 head=1 q k]
+    torch.testing.assert_close(induction.previous_token_scores(patterns), torch.tensor([[0.5], [0.5]]))
+    layered = torch.stack([stack(stripe_pattern(1, 1))[0], stack(stripe_pattern(0, 0))[0]])
+    torch.testing.assert_close(induction.previous_token_scores(layered), torch.tensor([[1.0], [0.0]]))
+
+
+def test_a_cache_gives_the_same_scores_as_stacked_patterns(circuit) -> None:
+    tokens = induction.repeated_random_tokens(64, 8, 4, torch.Generator().manual_seed(0), bos=0)
+    _, cache = circuit.model.run_with_cache(tokens)
+    patterns = induction.stack_patterns(cache)
+    assert patterns.shape == (2, 4, 3, 17, 17)
+    torch.testing.assert_close(induction.induction_scores(cache, 8), induction.induction_scores(patterns, 8))
+    torch.testing.assert_close(induction.previous_token_scores(cache), induction.previous_token_scores(patterns))
+
+
+def test_pattern_validation() -> None:
+    with pytest.raises(ValueError, match=r"patterns must be an ActivationCache or a tensor \[layer batch head query_pos key_pos\], got \(3, 1, 9, 9\)"):
+        induction.previous_token_scores(torch.zeros(3, 1, 9, 9))
+    with pytest.raises(ValueError, match="square"):
+        induction.previous_token_scores(torch.zeros(1, 3, 1, 9, 8))
+    with pytest.raises(ValueError, match="seq_len=5 needs at least 10 positions, but the patterns cover 9"):
+        induction.induction_scores(stack(uniform_pattern()), 5)
+    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+        induction.duplicate_token_scores(stack(uniform_pattern()), 0)
+
+
+# --- finders on models whose answer is known ------------------------------------------------
+
+
+def test_the_hand_set_circuit_scores_as_planted(circuit) -> None:
+    _, patterns = induction.repeated_tokens_patterns(circuit.model, 10, batch=16, bos=0)
+    assert patterns.shape == (2, 16, 3, 21, 21)
+    previous, scores = induction.previous_token_scores(patterns), induction.induction_scores(patterns, 10)
+    assert previous[0, 2] > 0.99 and scores[1, 1] > 0.9  # below 1 where a token occurs twice in x
+    not_previous, not_induction = torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)
+    not_previous[0, 2] = not_induction[1, 1] = False
+    assert previous[not_previous].max() < 0.3 and scores[not_induction].max() < 0.3
+
+
+def test_finders_name_exactly_the_planted_heads(circuit) -> None:
+    assert induction.find_induction_heads(circuit.model, bos=0) == [circuit.induction_head] == [(1, 1)]
+    assert induction.find_previous_token_heads(circuit.model, bos=0) == [circuit.previous_token_head] == [(0, 2)]
+    assert induction.find_induction_heads(circuit.model, seq_len=5, batch=8, seed=3) == [(1, 1)]
+
+
+def test_finders_find_nothing_in_a_random_model(random_model) -> None:
+    assert induction.find_induction_heads(random_model) == []
+    assert induction.find_previous_token_heads(random_model) == []
+    # ...even with a threshold a tenth of the default.
+    assert induction.find_induction_heads(random_model, threshold=0.2) == []
+
+
+def test_seq_len_must_fit_the_context(random_model) -> None:
+    with pytest.raises(ValueError, match="seq_len=12 makes sequences of 25 tokens, longer than the model's n_ctx=24"):
+        induction.find_induction_heads(random_model, seq_len=12, bos=0)
+    assert induction.find_induction_heads(random_model, seq_len=12) == []  # 24 tokens fit without BOS
+
+
+def test_heads_above() -> None:
+    scores = torch.tensor([[0.1, 0.9], [0.5, 0.49]])
+    assert induction.heads_above(scores) == [(0, 1), (1, 0)]
+    assert induction.heads_above(scores, threshold=0.95) == []
+    with pytest.raises(ValueError, match=r"scores must be a \[layer head\] tensor"):
+        induction.heads_above(torch.zeros(3))
+
+
+# --- K-composition ------------------------------------------------------------------------
+
+
+def test_k_composition_matches_transformer_lens() -> None:
+    model = make_model(ModelConfig(d_vocab=12, n_ctx=10, d_model=20, n_layers=3, n_heads=3, d_head=6, d_mlp=None, seed=2))
+    reference = model.all_composition_scores("K").scores  # [layer head layer head]
+    for earlier, later in [(0, 1), (0, 2), (1, 2)]:
+        scores = induction.k_composition_scores(model, earlier, later)
+        assert scores.shape == (3, 3)
+        torch.testing.assert_close(scores, reference[earlier, :, later, :])
+
+
+def test_k_composition_by_hand() -> None:
+    # ||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F) with the full matrices written out.
+    model = make_model(ModelConfig(d_vocab=12, n_ctx=10, d_model=16, n_layers=2, n_heads=2, d_head=4, d_mlp=None, seed=5))
+    with torch.no_grad():
+        for a in range(2):
+            for b in range(2):
+                ov = model.W_V[0, a] @ model.W_O[0, a]
+                qk = model.W_Q[1, b] @ model.W_K[1, b].T
+                expected = torch.linalg.norm(ov @ qk.T) / (torch.linalg.norm(ov) * torch.linalg.norm(qk))
+                assert induction.k_composition_scores(model)[a, b].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_k_composition_is_largest_for_the_planted_pair(circuit) -> None:
+    scores = induction.k_composition_scores(circuit.model)
+    assert scores.argmax().item() == 2 * 3 + 1  # (previous-token head 2, induction head 1)
+
+
+def test_k_composition_validation(random_model) -> None:
+    one_layer = make_model(ModelConfig(d_vocab=8, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=None))
+    with pytest.raises(ValueError, match="needs a model with at least 2 layers; this one has 1"):
+        induction.k_composition_scores(one_layer)
+    with pytest.raises(ValueError, match="0 <= earlier_layer < later_layer < 2"):
+        induction.k_composition_scores(random_model, 1, 1)
+
+
+# --- losses and ablations ----------------------------------------------------------------
+
+
+def test_loss_on_tokens_reads_each_token_from_the_position_before() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=generator)
+    tokens = torch.randint(0, 7, (2, 5), generator=generator)
+    mask = torch.tensor([[False, False, True, False, True], [False, True, False, False, False]])
+    log_probs = logits.log_softmax(dim=-1)
+    by_hand = -(log_probs[0, 1, tokens[0, 2]] + log_probs[0, 3, tokens[0, 4]] + log_probs[1, 0, tokens[1, 1]]) / 3
+    torch.testing.assert_close(induction.loss_on_tokens(logits, tokens, mask), by_hand)
+    torch.testing.assert_close(induction.loss_on_tokens(logits, tokens, mask), next_token_loss(logits, tokens, mask[:, 1:]))
+    with pytest.raises(ValueError, match="position 0"):
+        induction.loss_on_tokens(logits, tokens, torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="marks no tokens"):
+        induction.loss_on_tokens(logits, tokens, torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask must have the shape of tokens \(2, 5\)"):
+        induction.loss_on_tokens(logits, tokens, mask[:, 1:])
+
+
+def test_ablation_cost_on_the_hand_set_circuit(circuit) -> None:
+    tokens = induction.repeated_random_tokens(64, 10, 32, torch.Generator().manual_seed(0), bos=0)
+    repeated = torch.zeros_like(tokens, dtype=torch.bool)
+    repeated[:, 12:] = True  # the copy after its first token
+    assert induction.ablation_cost(circuit.model, tokens, repeated, []) == 0.0
+    assert induction.ablation_cost(circuit.model, tokens, repeated, [circuit.induction_head]) > 2.0
+    assert induction.ablation_cost(circuit.model, tokens, repeated, [circuit.previous_token_head]) > 2.0
+    assert induction.ablation_cost(circuit.model, tokens, repeated, [(0, 0), (1, 2)]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="heads must be"):
+        induction.ablation_cost(circuit.model, tokens, repeated, [(2, 0)])
+
+
+# --- watching training, and the summary of a circuit --------------------------------------------
+
+
+def test_training_monitor_logs_losses_scores_and_time(circuit) -> None:
+    task = InductionTask(n_tokens=63, n_ctx=24, min_repeat_len=3, max_repeat_len=6, bigram_fraction=0.0)
+    labelled = task.sample_labelled(16, torch.Generator().manual_seed(0))
+    record = induction.training_monitor(labelled, seq_len=8, bos=0)(circuit.model, labelled.tokens)
+    assert set(record) == {"seconds", "loss_first", "loss_repeated"} | {
+        f"{name}_L{layer}H{head}" for name in ("induction_score", "previous_token_score") for layer in (0, 1) for head in range(3)
+    }
+    assert record["seconds"] >= 0
+    assert record["induction_score_L1H1"] > 0.9 and record["previous_token_score_L0H2"] > 0.9
+    assert record["loss_repeated"] < 0.5 < record["loss_first"]
+
+
+def test_first_record_where() -> None:
+    history = [{"step": 1, "score_L1H0": 0.1, "score_L1H1": 0.5}, {"step": 2, "score_L1H0": 0.9}, {"step": 3, "score_L1H1": 0.95}]
+    assert induction.first_record_where(history, "score_L1", 0.8)["step"] == 2
+    assert induction.first_record_where(history, "score_L1H1", 0.8)["step"] == 3
+    assert induction.first_record_where(history, "score_L1", 0.99) is None
+
+
+def test_circuit_summary_of_the_hand_set_circuit(circuit) -> None:
+    task = InductionTask(n_tokens=63, n_ctx=24, min_repeat_len=3, max_repeat_len=6, bigram_fraction=0.0)
+    summary = induction.induction_circuit_summary(circuit.model, task.sample_labelled(64, torch.Generator().manual_seed(0)), bos=0)
+    assert summary["previous_token_heads"] == [[0, 2]] and summary["induction_heads"] == [[1, 1]]
+    assert summary["strongest_k_composition"] == [[0, 2], [1, 1]]
+    assert summary["ablate_induction_heads"] > 1 and summary["ablate_previous_token_heads"] > 1
+    assert summary["ablate_worst_head_outside_circuit"] == pytest.approx(0.0, abs=1e-6)
+    assert set(summary["ablate_single_head"]) == {f"L{layer}H{head}" for layer in (0, 1) for head in range(3)}
+    assert summary["loss_first"] - summary["loss_repeated"] > 1
+    assert not math.isnan(summary["loss_repeated"])
