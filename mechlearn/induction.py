@@ -49,10 +49,13 @@ Head = tuple[int, int]  # (layer, head)
 def repeated_random_tokens(
     d_vocab: int, seq_len: int, batch: int, generator: torch.Generator | None = None, bos: int | None = None
 ) -> Int[Tensor, "batch pos"]:
-    """`[BOS, x_1 … x_L, x_1 … x_L]` with `x` uniform over the vocabulary (BOS excluded).
+    """`[BOS, x_1 … x_L, x_1 … x_L]` with `x_1 … x_L` distinct random tokens (never BOS).
 
     Without `bos` the sequences are `[x_1 … x_L, x_1 … x_L]`. Either way the repeated block
-    is the last `2 * seq_len` positions, which is where the scores below look.
+    is the last `2 * seq_len` positions, which is where the scores below look. The tokens
+    are distinct so that each one has a single earlier occurrence: with a small vocabulary,
+    tokens drawn independently collide often, and even a perfect induction head would then
+    split its attention between the matches and score below 1.
     """
     for name, value in (("d_vocab", d_vocab), ("seq_len", seq_len), ("batch", batch)):
         if not isinstance(value, int) or value < 1:
@@ -60,9 +63,12 @@ def repeated_random_tokens(
     if bos is not None and not 0 <= bos < d_vocab:
         raise ValueError(f"repeated_random_tokens: bos must be a token id in [0, {d_vocab}), got {bos}.")
     n_choices = d_vocab - (bos is not None)
-    if n_choices < 1:
-        raise ValueError(f"repeated_random_tokens: d_vocab={d_vocab} leaves no token to draw besides BOS.")
-    first_half = torch.randint(0, n_choices, (batch, seq_len), generator=generator)
+    if seq_len > n_choices:
+        raise ValueError(
+            f"repeated_random_tokens: seq_len={seq_len} is more than the {n_choices} distinct tokens the vocabulary offers."
+        )
+    # The first seq_len entries of a random permutation of the vocabulary, for each sequence.
+    first_half = torch.rand(batch, n_choices, generator=generator).argsort(dim=-1)[:, :seq_len]
     if bos is not None:
         first_half = first_half + (first_half >= bos).long()  # skip over the BOS id
     repeated = einops.repeat(first_half, "batch pos -> batch (copy pos)", copy=2)

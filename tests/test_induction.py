@@ -52,6 +52,9 @@ def test_repeated_random_tokens_with_bos() -> None:
     assert torch.equal(tokens[:, 1:7], tokens[:, 7:])
     body = tokens[:, 1:]
     assert not (body == 3).any() and body.min() >= 0 and body.max() == 9  # BOS is skipped, 9 still drawn
+    # Distinct tokens in each half, so each token has exactly one earlier occurrence.
+    assert all(len(set(row)) == 6 for row in tokens[:, 1:7].tolist())
+    assert len({tuple(row) for row in tokens[:, 1:7].tolist()}) == 50
     assert torch.equal(tokens, induction.repeated_random_tokens(10, 6, 50, torch.Generator().manual_seed(0), bos=3))
 
 
@@ -70,6 +73,12 @@ def test_repeated_random_tokens_validation(args, message) -> None:
         induction.repeated_random_tokens(*args)
     with pytest.raises(ValueError, match=r"bos must be a token id in \[0, 10\)"):
         induction.repeated_random_tokens(10, 4, 2, bos=10)
+
+
+def test_repeated_random_tokens_needs_enough_distinct_tokens() -> None:
+    assert induction.repeated_random_tokens(10, 9, 2, bos=0).shape == (2, 19)
+    with pytest.raises(ValueError, match="seq_len=10 is more than the 9 distinct tokens"):
+        induction.repeated_random_tokens(10, 10, 2, bos=0)
 
 
 # --- scores on patterns whose answer is known ----------------------------------------------
@@ -133,7 +142,7 @@ def test_the_hand_set_circuit_scores_as_planted(circuit) -> None:
     _, patterns = induction.repeated_tokens_patterns(circuit.model, 10, batch=16, bos=0)
     assert patterns.shape == (2, 16, 3, 21, 21)
     previous, scores = induction.previous_token_scores(patterns), induction.induction_scores(patterns, 10)
-    assert previous[0, 2] > 0.99 and scores[1, 1] > 0.9  # below 1 where a token occurs twice in x
+    assert previous[0, 2] > 0.99 and scores[1, 1] > 0.99
     not_previous, not_induction = torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)
     not_previous[0, 2] = not_induction[1, 1] = False
     assert previous[not_previous].max() < 0.3 and scores[not_induction].max() < 0.3

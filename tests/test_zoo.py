@@ -3,13 +3,14 @@
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn import zoo
+from mechlearn import induction, zoo
 from mechlearn.models import CheckpointError, ModelConfig
 from mechlearn.tasks import SortingTask
 from mechlearn.train import TrainConfig
@@ -68,7 +69,7 @@ def test_unknown_name_lists_the_models() -> None:
         zoo.load("gpt2")
     message = str(error.value)
     assert "Did you mean" not in message
-    assert f"Available: {SHIPPED}" in message
+    assert f"Available: {', '.join(zoo.list_models())}." in message and SHIPPED in message
 
 
 # --- the shipped checkpoint ---------------------------------------------------------------
@@ -169,3 +170,87 @@ def test_training_a_recipe_is_deterministic(tiny_recipe: str, tmp_path: Path) ->
     cards = [json.loads((tmp_path / d / f"{tiny_recipe}.json").read_text()) for d in ("first", "second")]
     assert cards[0]["sha256"] == cards[1]["sha256"]
     assert cards[0]["history"] == cards[1]["history"]
+
+
+# --- the chapter-03 models: induction-2l and repeat-fixed-offset-1l -------------------------------
+
+CHAPTER_03 = ["induction-2l", "repeat-fixed-offset-1l"]
+
+
+@pytest.mark.parametrize("name", CHAPTER_03)
+def test_chapter_03_checkpoints_match_their_cards_and_recipes(name: str) -> None:
+    weights = zoo.CHECKPOINTS / f"{name}.safetensors"
+    assert weights.stat().st_size < 2_000_000
+    card, recipe = zoo.card(name), zoo.recipe(name)
+    assert card["sha256"] == sha256(weights)
+    assert card["config"] == recipe.model.to_dict() and recipe.model.attn_only
+    assert card["recipe"]["training"] == dataclasses.asdict(recipe.training)
+    assert card["recipe"]["task"] == {"generator": f"mechlearn.tasks.{type(recipe.task).__name__}", **dataclasses.asdict(recipe.task)}
+    assert [record["step"] for record in card["history"]] == list(
+        range(recipe.training.eval_every, recipe.training.steps + 1, recipe.training.eval_every)
+    )
+    model = zoo.load(name)
+    assert isinstance(model, TransformerBridge) and not model.training
+
+
+def test_induction_card_keeps_the_phase_change_curve() -> None:
+    history = zoo.card("induction-2l")["history"]
+    heads = [f"L{layer}H{head}" for layer in (0, 1) for head in range(2)]
+    for record in history:
+        assert {"seconds", "loss_first", "loss_repeated"} <= set(record)
+        assert {f"induction_score_{h}" for h in heads} | {f"previous_token_score_{h}" for h in heads} <= set(record)
+    start, end = history[0], history[-1]
+    # Before the phase change nothing is predicted by induction; after it, repeated tokens are nearly free.
+    assert start["loss_repeated"] > start["loss_first"] - 0.5
+    assert end["loss_repeated"] < end["loss_first"] - 2
+    best_induction = [max(r["induction_score_L1H0"], r["induction_score_L1H1"]) for r in history]
+    assert best_induction[0] < 0.2 and max(best_induction) >= zoo.INDUCTION_SCORE_TARGET
+
+
+def test_induction_card_holds_the_chapter_03_numbers() -> None:
+    metrics = zoo.card("induction-2l")["metrics"]
+    circuit = metrics["circuit"]
+    assert metrics["step_to_induction"] is not None and metrics["seconds_to_induction"] > 0
+    assert_induction_circuit(circuit)
+
+
+def assert_induction_circuit(circuit: dict) -> None:
+    """The numbers chapter 03 asserts on the shipped model."""
+    previous, scores = torch.tensor(circuit["previous_token_scores"]), torch.tensor(circuit["induction_scores"])
+    assert previous[0].max() >= 0.8 and scores[1].max() >= 0.8
+    assert circuit["loss_first"] - circuit["loss_repeated"] >= 2
+    assert circuit["ablate_induction_heads"] >= 1 and circuit["ablate_previous_token_heads"] >= 1
+    circuit_cost = min(circuit["ablate_induction_heads"], circuit["ablate_previous_token_heads"])
+    assert circuit["ablate_worst_head_outside_circuit"] < circuit_cost / 3
+    strongest_earlier, strongest_later = circuit["strongest_k_composition"]
+    assert strongest_earlier in circuit["previous_token_heads"] and strongest_later in circuit["induction_heads"]
+
+
+def test_loaded_induction_model_reproduces_its_card() -> None:
+    model, card = zoo.load("induction-2l"), zoo.card("induction-2l")
+    task = zoo.recipe("induction-2l").task
+    circuit = induction.induction_circuit_summary(model, zoo.held_out_labelled(task), bos=task.bos)
+    assert_induction_circuit(circuit)
+    for key in ("loss_first", "loss_repeated", "ablate_induction_heads", "ablate_previous_token_heads"):
+        assert circuit[key] == pytest.approx(card["metrics"]["circuit"][key], rel=1e-3, abs=1e-4), key
+    assert circuit["induction_heads"] == card["metrics"]["circuit"]["induction_heads"]
+    found = induction.find_induction_heads(model, bos=task.bos)
+    assert found == [tuple(head) for head in circuit["induction_heads"]] and found
+
+
+def test_fixed_offset_model_solves_its_task_by_position_and_fails_on_random_offsets() -> None:
+    metrics = zoo.card("repeat-fixed-offset-1l")["metrics"]
+    uniform = metrics["uniform_loss"]
+    assert uniform == pytest.approx(math.log(zoo.recipe("repeat-fixed-offset-1l").task.n_tokens))
+    assert metrics["loss_repeated_fixed_offset"] < 0.5  # its own task: the copy, found by position
+    assert metrics["loss_first_fixed_offset"] > 0.9 * uniform  # the first half is unpredictable
+    assert metrics["loss_repeated_random_offsets"] > 0.9 * uniform  # no better than guessing on random offsets
+    # Its head looks like an induction head at the offset it was trained on, and only there.
+    length = zoo.recipe("repeat-fixed-offset-1l").task.length
+    assert max(metrics[f"induction_scores_seq_len_{length}"][0]) > 0.8
+    assert max(metrics[f"induction_scores_seq_len_{length // 2}"][0]) < 0.2
+    model, task = zoo.load("repeat-fixed-offset-1l"), zoo.recipe("repeat-fixed-offset-1l").task
+    labelled = zoo.held_out_labelled(task)
+    with torch.no_grad():
+        loss = induction.loss_on_tokens(model(labelled.tokens), labelled.tokens, labelled.repeated).item()
+    assert loss == pytest.approx(metrics["loss_repeated_fixed_offset"], rel=1e-3, abs=1e-4)

@@ -61,8 +61,8 @@ class InductionTask:
     n_repeats: int = 2
     min_repeat_len: int = 4
     max_repeat_len: int = 12
-    bigram_fraction: float = 0.25
-    branching: int = 8
+    bigram_fraction: float = 0.1
+    branching: int = 16
     chain_seed: int = 0
 
     def __post_init__(self) -> None:
