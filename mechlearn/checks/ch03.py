@@ -127,13 +127,15 @@ def check_ablation_cost(ablation_cost) -> None:
     """Zero-ablating the planted induction head costs what the library measures; an unused head costs nothing."""
     model = circuit().model
     tokens = induction.repeated_random_tokens(32, SEQ_LEN, 16, torch.Generator().manual_seed(1), bos=BOS)
-    repeated = torch.zeros_like(tokens, dtype=torch.bool)
+    repeated, first_half = torch.zeros_like(tokens, dtype=torch.bool), torch.zeros_like(tokens, dtype=torch.bool)
     repeated[:, SEQ_LEN + 2 :] = True
-    for heads in ([circuit().induction_head], [(1, 2)]):
-        expected = induction.ablation_cost(model, tokens, repeated, heads)
-        actual = call_learner(ablation_cost, model, tokens.clone(), repeated.clone(), heads)
+    first_half[:, 2 : SEQ_LEN + 1] = True  # unpredictable tokens: a high clean loss that ablation leaves alone
+    cases = [([circuit().induction_head], repeated), ([(1, 2)], repeated), ([circuit().induction_head], first_half)]
+    for heads, mask in cases:
+        expected = induction.ablation_cost(model, tokens, mask, heads)
+        actual = call_learner(ablation_cost, model, tokens.clone(), mask.clone(), heads)
         expect(
             isinstance(actual, float) and abs(actual - expected) < 1e-4,
-            f"ablating {heads} should raise the loss on repeated tokens by {expected:.4f} nats; you returned {actual!r}.",
+            f"ablating {heads} should raise the loss on the masked tokens by {expected:.4f} nats; you returned {actual!r}.",
             "return ablated_loss - clean_loss as a float (.item()), with the heads' hook_z zeroed only at those heads.",
         )
