@@ -81,14 +81,28 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def task_loss(task: Task, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+    """The task's own `loss` when it has one (Othello grades whole legal-move sets), else next-token cross-entropy."""
+    if hasattr(task, "loss"):
+        return task.loss(logits, tokens)
+    return next_token_loss(logits, tokens, task.target_mask)
+
+
+def task_accuracy(task: Task, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> float:
+    """The task's own `accuracy` when it has one, else next-token accuracy."""
+    if hasattr(task, "accuracy"):
+        return task.accuracy(logits, tokens)
+    return next_token_accuracy(logits, tokens, task.target_mask)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, tokens: Int[Tensor, "batch pos"], eval_fn: EvalFn | None) -> dict[str, float]:
     was_training = model.training
     model.eval()
     logits = model(tokens)
     metrics = {
-        "eval_loss": next_token_loss(logits, tokens, task.target_mask).item(),
-        "eval_accuracy": next_token_accuracy(logits, tokens, task.target_mask),
+        "eval_loss": task_loss(task, logits, tokens).item(),
+        "eval_accuracy": task_accuracy(task, logits, tokens),
     }
     if eval_fn is not None:
         metrics.update(eval_fn(model, tokens))
@@ -121,7 +135,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         tokens = task.sample(config.batch_size, generator).to(device)
-        loss = next_token_loss(model(tokens), tokens, task.target_mask)
+        loss = task_loss(task, model(tokens), tokens)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"The training loss became {loss.item()} at step {step}; lower TrainConfig.lr.")
         optimizer.zero_grad(set_to_none=True)

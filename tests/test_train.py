@@ -207,3 +207,23 @@ def test_masks_may_differ_per_sequence() -> None:
     assert torch.allclose(next_token_loss(logits, tokens, shared), next_token_loss(logits, tokens, shared.expand(2, 3)))
     correct = (logits[:, :-1].argmax(-1) == tokens[:, 1:])[per_sequence].float().mean().item()
     assert next_token_accuracy(logits, tokens, per_sequence) == correct
+
+
+# --- tasks with their own objective ------------------------------------------------------
+
+
+def test_a_task_with_its_own_loss_is_trained_on_that_loss() -> None:
+    """Othello grades whole legal-move sets: training must call `task.loss`, and evaluation `task.accuracy`."""
+    from mechlearn.tasks import OthelloTask
+
+    task = OthelloTask(size=4)
+    model = make_model(ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32))
+    tokens = task.sample(64, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = task.loss(model(tokens), tokens).item()
+    history = train(model, task, TrainConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=5, eval_every=20, eval_batch_size=64), progress=False)
+    with torch.no_grad():
+        logits = model(tokens)
+    assert task.loss(logits, tokens).item() < before
+    assert history[-1]["eval_accuracy"] > 0.5  # top-1 legal: a random guess among 12 cells is legal far less often
+    assert history[-1]["eval_loss"] != pytest.approx(next_token_loss(logits, tokens).item(), rel=1e-3)
