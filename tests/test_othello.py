@@ -355,19 +355,19 @@ def test_legal_move_accuracy() -> None:
     assert scores["topk_exact"] == 0.0 and math.isclose(scores["top1_legal"], several)
 
 
-def test_legal_move_loss_of_the_uniform_legal_prediction() -> None:
+def test_loss_of_the_uniform_legal_prediction() -> None:
     tokens = sample(50)
     states = TASK.replay(tokens)
     n_legal = states.legal.sum(dim=-1)[states.in_play].float()
     entropy = n_legal.log().mean()
-    assert math.isclose(TASK.legal_move_loss(perfect_logits(states.legal), tokens).item(), entropy.item(), rel_tol=1e-5)
+    assert math.isclose(TASK.loss(perfect_logits(states.legal), tokens).item(), entropy.item(), rel_tol=1e-5)
     assert math.isclose(TASK.loss(perfect_logits(states.legal), tokens).item(), entropy.item(), rel_tol=1e-5)
     # -inf on the illegal moves is the same prediction and must give the same (finite) loss.
     minus_inf = perfect_logits(states.legal).masked_fill(perfect_logits(states.legal) < -1, -math.inf)
-    assert math.isclose(TASK.legal_move_loss(minus_inf, tokens).item(), entropy.item(), rel_tol=1e-5)
+    assert math.isclose(TASK.loss(minus_inf, tokens).item(), entropy.item(), rel_tol=1e-5)
     # Uniform over all 36 cells costs log 36 at every position in play.
     uniform = torch.zeros(*tokens.shape, TASK.d_vocab)
-    assert math.isclose(TASK.legal_move_loss(uniform, tokens).item(), math.log(36), rel_tol=1e-5)
+    assert math.isclose(TASK.loss(uniform, tokens).item(), math.log(36), rel_tol=1e-5)
 
 
 # --- replay's argument checks --------------------------------------------------------------------

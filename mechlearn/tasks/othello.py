@@ -6,7 +6,7 @@ are empty, black or white, whose turn it is, and which moves are legal. That lat
 state is the ground truth its probes (chapter 04) and sparse autoencoders (chapter 06)
 are graded against.
 
-The rules are Othello's on a `size x size` board (6 x 6 by default):
+The rules are Othello's on a `size x size` board (6 x 6 by default, or 4 x 4):
 
 - Black moves first. The four centre cells start white, black / black, white.
 - A move goes on an empty cell and must outflank: in at least one of the 8 directions,
@@ -72,7 +72,7 @@ def _shift(bits: Int[Tensor, "batch"], row_step: int, col_step: int, size: int) 
     return moved & ((1 << (size * size)) - 1)
 
 
-def _outflanked_runs(mine: Int[Tensor, "batch"], theirs: Int[Tensor, "batch"], start: Int[Tensor, "batch"], row_step: int, col_step: int, size: int) -> tuple[Int[Tensor, "batch"], Int[Tensor, "batch"]]:
+def _outflanked_runs(theirs: Int[Tensor, "batch"], start: Int[Tensor, "batch"], row_step: int, col_step: int, size: int) -> tuple[Int[Tensor, "batch"], Int[Tensor, "batch"]]:
     """Walking from the stones of `start`: the runs of their stones met, and the cells just past each run."""
     run = _shift(start, row_step, col_step, size) & theirs
     for _ in range(size - 3):  # a run is at most size - 2 stones long
@@ -86,7 +86,7 @@ def _legal_bits(mine: Int[Tensor, "batch"], theirs: Int[Tensor, "batch"], size: 
     legal = torch.zeros_like(mine)
     for row_step, col_step in DIRECTIONS:
         # Walk from my stones over their runs: an empty cell just past a run outflanks it.
-        _, past_run = _outflanked_runs(mine, theirs, mine, row_step, col_step, size)
+        _, past_run = _outflanked_runs(theirs, mine, row_step, col_step, size)
         legal |= past_run & empty
     return legal
 
@@ -95,7 +95,7 @@ def _flipped_bits(mine: Int[Tensor, "batch"], theirs: Int[Tensor, "batch"], move
     """Their stones that a stone placed on `move` (one bit) outflanks."""
     flipped = torch.zeros_like(mine)
     for row_step, col_step in DIRECTIONS:
-        run, past_run = _outflanked_runs(mine, theirs, move, row_step, col_step, size)
+        run, past_run = _outflanked_runs(theirs, move, row_step, col_step, size)
         flipped |= torch.where((past_run & mine) != 0, run, 0)
     return flipped
 
@@ -106,6 +106,10 @@ def _to_bits(cells: Bool[Tensor, "batch cell"]) -> Int[Tensor, "batch"]:
 
 def _from_bits(bits: Int[Tensor, "batch"], n_cells: int) -> Bool[Tensor, "batch cell"]:
     return ((bits[:, None] >> torch.arange(n_cells)) & 1).bool()
+
+
+def _cells(bits: Int[Tensor, "*batch"], size: int) -> Bool[Tensor, "*batch row col"]:
+    return _from_bits(bits.flatten(), size * size).view(*bits.shape, size, size)
 
 
 def _sides(boards: Int[Tensor, "batch row col"], players: Int[Tensor, "batch"]) -> tuple[Int[Tensor, "batch"], Int[Tensor, "batch"]]:
@@ -202,7 +206,7 @@ class OthelloTask:
 
     `sample` plays uniformly random legal moves, like the synthetic dataset of
     Li et al. 2023 ("Emergent World Representations", section 2). A model trained on
-    it is graded on `legal_move_loss`: at every position still in play, cross-entropy
+    it is trained on `loss`: at every position still in play, cross-entropy
     against the uniform distribution over the legal moves, which is what a perfect
     next-move predictor for random games outputs.
     """
@@ -239,7 +243,7 @@ class OthelloTask:
 
     @property
     def target_mask(self) -> Bool[Tensor, "pos_minus_1"]:
-        # Which predictions count depends on each game's length; `legal_move_loss` reads it from the states.
+        # Which predictions count depends on each game's length; `loss` reads it from the states.
         return torch.ones(self.n_ctx - 1, dtype=torch.bool)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Int[Tensor, "batch pos"]:
@@ -271,12 +275,10 @@ class OthelloTask:
             turn = _next_turn(turn, torch.where(is_move, moves, -1), self.size)
             turns.append(turn)
         black, white, players, legal, passed = (torch.stack(parts, dim=1) for parts in zip(*turns))
-        cells = lambda bits: _from_bits(bits.flatten(), self.n_cells).view(*bits.shape, self.size, self.size)
-        boards = cells(black).long() * BLACK + cells(white).long() * WHITE
-        legal = cells(legal).flatten(-2)
-        return GameStates(boards, players, legal, passed)
+        boards = _cells(black, self.size).long() * BLACK + _cells(white, self.size).long() * WHITE
+        return GameStates(boards, players, _cells(legal, self.size).flatten(-2), passed)
 
-    def legal_move_loss(self, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
+    def loss(self, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
         """Cross-entropy against the uniform distribution over legal moves, at positions in play."""
         states = self.replay(tokens)
         legal = states.legal.to(logits.device)
@@ -284,9 +286,6 @@ class OthelloTask:
         log_probs = logits[..., : self.n_cells].log_softmax(dim=-1)
         per_position = -torch.where(legal, target * log_probs, 0.0).sum(dim=-1)  # 0 * -inf would be nan
         return per_position[states.in_play.to(logits.device)].mean()
-
-    def loss(self, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
-        return self.legal_move_loss(logits, tokens)
 
     def accuracy(self, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> float:
         """Fraction of positions in play where the top-1 predicted move is legal."""
