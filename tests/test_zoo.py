@@ -254,3 +254,32 @@ def test_fixed_offset_model_solves_its_task_by_position_and_fails_on_random_offs
     with torch.no_grad():
         loss = induction.loss_on_tokens(model(labelled.tokens), labelled.tokens, labelled.repeated).item()
     assert loss == pytest.approx(metrics["loss_repeated_fixed_offset"], rel=1e-3, abs=1e-4)
+
+
+# --- the chapter-04 model: othello-6x6-4l -------------------------------------------------------
+
+
+def test_othello_checkpoint_matches_its_card_and_recipe() -> None:
+    name = "othello-6x6-4l"
+    weights = zoo.CHECKPOINTS / f"{name}.safetensors"
+    assert weights.stat().st_size < 5_000_000
+    card, recipe = zoo.card(name), zoo.recipe(name)
+    assert card["sha256"] == sha256(weights)
+    assert card["config"] == recipe.model.to_dict() and not recipe.model.attn_only
+    assert card["recipe"]["training"] == dataclasses.asdict(recipe.training)
+    assert card["recipe"]["task"] == {"generator": "mechlearn.tasks.OthelloTask", **dataclasses.asdict(recipe.task)}
+    assert card["metrics"]["train_seconds"] > 0 and card["metrics"]["threads"] >= 1
+
+
+def test_loaded_othello_model_reproduces_its_legal_move_accuracy() -> None:
+    """The card's numbers, measured again on the held-out games: the model never sees a board."""
+    from mechlearn.tasks.othello import legal_move_accuracy
+
+    model, metrics = zoo.load("othello-6x6-4l"), zoo.card("othello-6x6-4l")["metrics"]
+    task = zoo.OTHELLO_TASK
+    tokens = task.sample(1000, torch.Generator().manual_seed(zoo.HELD_OUT_SEED))
+    with torch.no_grad():
+        accuracy = legal_move_accuracy(model(tokens), task.replay(tokens))
+    assert accuracy["top1_legal"] == pytest.approx(metrics["held_out_top1_legal"], abs=1e-4)
+    assert accuracy["topk_exact"] == pytest.approx(metrics["held_out_topk_exact"], abs=1e-4)
+    assert accuracy["top1_legal"] > 0.95

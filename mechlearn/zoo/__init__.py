@@ -31,7 +31,8 @@ from mechlearn.induction import (
 from mechlearn.models import CheckpointError, ModelConfig, load_model, make_model, read_card, save_model
 from mechlearn.sampling import generate
 from mechlearn.tasks import FixedOffsetRepeatTask, InductionTask, LabelledTokens, SortingTask, Task
-from mechlearn.train import EvalFn, TrainConfig, next_token_accuracy, next_token_loss, train as train_model
+from mechlearn.tasks.othello import OthelloTask, legal_move_accuracy
+from mechlearn.train import EvalFn, TrainConfig, task_accuracy, task_loss, train as train_model
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 HELD_OUT_SEED = 10_000  # held-out evaluation data never share a seed with training data
@@ -153,10 +154,34 @@ def _fixed_offset_recipe() -> Recipe:
     )
 
 
+# --- chapter 04: a world model you can check ---------------------------------------------------
+
+OTHELLO_TASK = OthelloTask(size=6)
+
+
+@torch.no_grad()
+def _othello_card_metrics(model: TransformerBridge, history: list[dict[str, float]]) -> dict[str, Any]:
+    tokens = OTHELLO_TASK.sample(1000, torch.Generator().manual_seed(HELD_OUT_SEED))
+    return {f"held_out_{name}": round(value, 5) for name, value in legal_move_accuracy(model(tokens), OTHELLO_TASK.replay(tokens)).items()}
+
+
+def _othello_recipe() -> Recipe:
+    task = OTHELLO_TASK
+    return Recipe(
+        description="Predicts the legal next moves of 6x6 Othello from the moves so far; it never sees the board.",
+        chapter="1_foundations/04_probing_world_models",
+        task=task,
+        model=ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=128, n_layers=4, n_heads=4, d_head=32, d_mlp=512, seed=0),
+        training=TrainConfig(steps=2000, batch_size=128, lr=2e-3, warmup_steps=100, eval_every=100, eval_batch_size=512, seed=0),
+        card_metrics=_othello_card_metrics,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     "sort-digits-2l": _sorter_recipe(),
     "induction-2l": _induction_recipe(),
     "repeat-fixed-offset-1l": _fixed_offset_recipe(),
+    "othello-6x6-4l": _othello_recipe(),
 }
 
 
@@ -225,8 +250,8 @@ def held_out_metrics(model: torch.nn.Module, task: Task, n_sequences: int = 1000
     tokens = task.sample(n_sequences, torch.Generator().manual_seed(HELD_OUT_SEED))
     logits = model(tokens)
     metrics = {
-        "held_out_loss": round(next_token_loss(logits, tokens, task.target_mask).item(), 5),
-        "held_out_token_accuracy": round(next_token_accuracy(logits, tokens, task.target_mask), 5),
+        "held_out_loss": round(task_loss(task, logits, tokens).item(), 5),
+        "held_out_token_accuracy": round(task_accuracy(task, logits, tokens), 5),
     }
     if isinstance(task, SortingTask):
         completions = generate(model, tokens[:, : task.prompt_length], task.length)
