@@ -218,3 +218,89 @@ def test_othello_explorer_checks_its_inputs(game, arguments, message) -> None:
     tokens, _, moves, probe = game
     with pytest.raises(ValueError, match=message):
         OthelloExplorer(OTHELLO, *arguments(tokens, moves, probe))
+
+
+# --- Toy models of superposition (chapter 05) ------------------------------------------------------
+
+from plotly.colors import sample_colorscale  # noqa: E402
+
+from mechlearn.superposition import PHASE_NAMES  # noqa: E402
+from mechlearn.viz import (  # noqa: E402
+    plot_feature_dimensionality,
+    plot_feature_geometry,
+    plot_interference,
+    plot_phase_diagram,
+)
+
+# Two instances of 3 features in 2 dimensions: an orthogonal pair plus a dropped feature, and a triangle.
+TOY_W = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[1.0, -0.5, -0.5], [0.0, 0.866, -0.866]]])
+
+
+def test_feature_geometry_draws_each_feature_from_the_origin_in_square_panels() -> None:
+    figure = plot_feature_geometry(TOY_W, importance=torch.tensor([1.0, 0.5, 0.25]), titles=["pair", "triangle"])
+    lines = [trace for trace in figure.data if trace.mode == "lines"]
+    dots = [trace for trace in figure.data if trace.mode == "markers"]
+    assert len(lines) == 6 and len(dots) == 2
+    assert np.allclose(dots[1].x, [1.0, -0.5, -0.5]) and np.allclose(dots[1].y, [0.0, 0.866, -0.866])
+    assert np.allclose([lines[4].x, lines[4].y], [[0, -0.5], [0, 0.866]])  # instance 1, feature 1: origin to its dot
+    assert lines[3].xaxis == dots[1].xaxis == "x2"  # the second instance has its own panel
+    assert figure.layout.yaxis.scaleanchor == "x" and figure.layout.yaxis2.scaleanchor == "x2"
+    assert [a.text for a in figure.layout.annotations] == ["pair", "triangle"]
+    # The most important feature takes the top of the colour scale, the least the bottom.
+    assert lines[0].line.color == sample_colorscale("Viridis", [1.0])[0]
+    assert lines[2].line.color == sample_colorscale("Viridis", [0.0])[0]
+    assert list(dots[0].marker.color) == [1.0, 0.5, 0.25] and figure.layout.coloraxis.colorbar.title.text == "importance"
+    assert len(plot_feature_geometry(TOY_W).data) == 8  # no importance: one colour, no colour bar
+
+
+def test_interference_shows_W_transpose_W_on_a_scale_centred_at_zero() -> None:
+    figure = plot_interference(TOY_W, titles=["pair", "triangle"])
+    assert np.allclose(figure.data[0].z, np.eye(3) * [1, 1, 0])
+    assert np.allclose(figure.data[1].z[0], [1.0, -0.5, -0.5], atol=1e-3)
+    assert figure.layout.coloraxis.cmin == -figure.layout.coloraxis.cmax
+    assert sorted(a.text for a in figure.layout.annotations) == ["pair", "triangle"]
+
+
+def test_phase_diagram_colours_each_phase_on_log_axes() -> None:
+    importance, density = torch.tensor([0.1, 1.0, 10.0]), torch.tensor([0.01, 0.1])
+    classes = torch.tensor([[2, 0], [2, 2], [2, 1]])
+    heatmap, *legend = plot_phase_diagram(classes, importance, density).data
+    assert np.array_equal(heatmap.z, classes.numpy())
+    assert np.allclose(heatmap.x, [10**-2.5, 10**-1.5, 10**-0.5])  # cell edges halfway in log space
+    assert np.allclose(heatmap.y, [10**-1.5, 10**-0.5, 10**0.5, 10**1.5])
+    assert [trace.name for trace in legend] == list(PHASE_NAMES)
+    # A stepped scale over zmin = -0.5 .. zmax = 2.5 gives class k one colour, which its legend entry shows.
+    assert (heatmap.zmin, heatmap.zmax) == (-0.5, 2.5)
+    assert [stop for stop, _ in heatmap.colorscale] == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    for k, trace in enumerate(legend):
+        assert trace.marker.color == heatmap.colorscale[2 * k][1] == heatmap.colorscale[2 * k + 1][1]
+    assert "density 0.1, relative importance 10: dedicated dimension" == heatmap.text[2][1]
+    layout = plot_phase_diagram(classes, importance, density).layout
+    assert layout.xaxis.type == "log" and layout.yaxis.type == "log"
+
+
+def test_feature_dimensionality_plots_each_feature_against_one_over_density() -> None:
+    dimensionality = torch.tensor([[1.0, 1.0, 0.0], [0.4, 0.4, 0.4]])
+    figure = plot_feature_dimensionality(dimensionality, torch.tensor([1.0, 0.05]))
+    assert np.allclose(figure.data[0].x, [1, 1, 1, 20, 20, 20]) and np.allclose(figure.data[0].y, [1, 1, 0, 0.4, 0.4, 0.4])
+    assert figure.layout.xaxis.type == "log"
+    guides = sorted(shape.y0 for shape in figure.layout.shapes)
+    assert guides == pytest.approx([3 / 8, 2 / 5, 1 / 2, 2 / 3, 3 / 4, 1])
+    assert "2/5 pentagon" in [a.text for a in figure.layout.annotations]
+
+
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [
+        (lambda: plot_feature_geometry(torch.zeros(2, 3, 5)), r"n_hidden = 2, shape \[instance, 2, feature\], got shape \(2, 3, 5\)"),
+        (lambda: plot_feature_geometry(TOY_W, importance=torch.ones(4)), r"importance has shape \(4,\)"),
+        (lambda: plot_feature_geometry(TOY_W, titles=["one"]), "titles has 1 entries but W has 2 instances"),
+        (lambda: plot_phase_diagram(torch.zeros(2, 3, dtype=torch.long), torch.ones(3), torch.ones(2)), r"classes has shape \(2, 3\)"),
+        (lambda: plot_phase_diagram(torch.full((1, 1), 3), torch.ones(1), torch.ones(1)), "indices into PHASE_NAMES"),
+        (lambda: plot_feature_dimensionality(torch.ones(2, 3), torch.ones(3)), "one density per instance"),
+        (lambda: plot_feature_dimensionality(torch.ones(2, 3), torch.tensor([0.5, 0.0])), r"feature_density must lie in \(0, 1\]"),
+    ],
+)
+def test_superposition_figures_reject_bad_inputs(plot, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        plot()
