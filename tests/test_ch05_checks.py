@@ -128,11 +128,6 @@ def test_sample_features_with_randn_values() -> None:
     expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, values=torch.randn))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the check counts a feature as present where it is > 0, so negative randn values read as absent: the "
-    "frequency test fails first and hints at the comparison, not at torch.randn",
-)
 def test_sample_features_with_randn_values_hints_at_rand() -> None:
     expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, values=torch.randn), hint_contains="torch.randn")
 
@@ -147,11 +142,6 @@ def test_sample_features_as_instance_feature_batch() -> None:
     assert "(2, 3, 20000)" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one draw per (example, instance) compared with every feature's probability gives the right frequency "
-    "for each feature but nested, not independent, features; the check looks at each feature alone",
-)
 def test_sample_features_with_one_draw_per_instance() -> None:
     def per_instance(batch_size, feature_probability, generator):
         n_instances, n_features = feature_probability.shape
@@ -392,21 +382,11 @@ def test_classify_phase_returning_one_hot() -> None:
     assert "expected one class per instance" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the check's one same-side pair has the LONGER feature 0, so a learner who never gives feature 1 the "
-    "dimension of a same-side pair passes although the hint asks for it",
-)
 def test_classify_phase_ignoring_same_side_pairs() -> None:
     only_alone = phases(lambda w0, w1, shown0, shown1: shown0 & shown1 & (w0 * w1 < 0), lambda w0, w1, shown0, shown1: shown1 & ~shown0)
     expect_failure(ch05.check_classify_phase, only_alone, hint_contains="same-side pair")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the check's dedicated model has feature 0 small and on the SAME side, so a learner who never asks "
-    "whether feature 0 is represented before calling an opposite-sign pair superposition passes",
-)
 def test_classify_phase_superposition_without_feature_0_represented() -> None:
     no_feature_0 = phases(lambda w0, w1, shown0, shown1: shown1 & (w0 * w1 < 0), longer_or_alone)
     expect_failure(ch05.check_classify_phase, no_feature_0, hint_contains="BOTH features represented")

@@ -38,17 +38,23 @@ def check_sample_features(sample_features) -> None:
         f"sample_features returned {type(features).__name__} {tuple(getattr(features, 'shape', ()))}, expected shape (20000, 2, 3)",
         hint="the result is [batch, *feature_probability.shape]: one value per (example, instance, feature).",
     )
-    present = (features > 0).float().mean(dim=0)
+    present = (features != 0).float().mean(dim=0)
     expect(
         (present - probability).abs().max() < 0.02,
         f"features are present with frequencies {_rounded(present)}, expected about {_rounded(probability)}",
         hint="compare torch.rand(...) < feature_probability: a feature is present where the draw is BELOW its probability.",
     )
-    values = features[features > 0]
+    values = features[features != 0]
     expect(
-        values.max() <= 1 and abs(values.mean().item() - 0.5) < 0.02,
+        values.min() >= 0 and values.max() <= 1 and abs(values.mean().item() - 0.5) < 0.02,
         f"present features should be uniform in [0, 1] (mean 0.5), got mean {values.mean():.3f} and max {values.max():.3f}",
         hint="draw the values with torch.rand (uniform in [0, 1)), not torch.randn, and keep them only where present.",
+    )
+    both = ((features[:, 0, 0] != 0) & (features[:, 0, 1] != 0)).float().mean()
+    expect(
+        abs(both.item() - 0.45) < 0.02,
+        f"features 0 and 1 of instance 0 (probabilities 0.9 and 0.5) are present together in {both:.1%} of examples, expected 45%",
+        hint="draw a separate random number for every (example, instance, feature), so features are present independently.",
     )
     again = call_learner(sample_features, 20_000, probability.clone(), torch.Generator().manual_seed(0))
     expect(
@@ -109,17 +115,17 @@ def check_feature_dimensionality(feature_dimensionality) -> None:
 @check
 def check_classify_phase(classify_phase) -> None:
     """Hand-made 2-in-1 models: dropped, dedicated, antipodal pair, and a same-side pair."""
-    W = torch.tensor([[[1.0, 0.1]], [[0.05, 1.0]], [[0.9, -1.0]], [[1.0, 0.8]], [[-1.1, 0.9]]])
-    expected = superposition.classify_phase(W)  # not represented, dedicated, superposition, not represented, superposition
+    W = torch.tensor([[[1.0, 0.1]], [[-0.05, 1.0]], [[0.9, -1.0]], [[1.0, 0.8]], [[-1.1, 0.9]], [[0.8, 1.0]]])
+    expected = superposition.classify_phase(W)
     actual = call_learner(classify_phase, W.clone())
     expect(
-        isinstance(actual, Tensor) and tuple(actual.shape) == (5,),
-        f"classify_phase returned {type(actual).__name__} {tuple(getattr(actual, 'shape', ()))}, expected one class per instance: shape (5,)",
+        isinstance(actual, Tensor) and tuple(actual.shape) == (6,),
+        f"classify_phase returned {type(actual).__name__} {tuple(getattr(actual, 'shape', ()))}, expected one class per instance: shape (6,)",
         hint="return a tensor of class indices into PHASE_NAMES, one per instance.",
     )
     expect(
         torch.equal(actual.long(), expected),
-        f"classify_phase gave {actual.tolist()} for these five models, expected {expected.tolist()} "
+        f"classify_phase gave {actual.tolist()} for these six models, expected {expected.tolist()} "
         f"({', '.join(superposition.PHASE_NAMES[i] for i in expected)})",
         hint="superposition needs BOTH features represented (norm > 0.5) with opposite signs; feature 1 has a "
         "dedicated dimension when it alone is represented (or is the longer of a same-side pair).",
