@@ -1,0 +1,429 @@
+"""Sparse autoencoders: ReLU + L1 and TopK, a fast trainer that resamples dead latents, and metrics.
+
+Taught in chapter 06, after Bricken et al. (2023) "Towards Monosemanticity" (Anthropic),
+Anthropic's "Circuits Updates, April 2024" (the training recipe), Gao et al. (2024)
+"Scaling and evaluating sparse autoencoders" (TopK) and Sharkey et al.
+(2022) "Taking features out of superposition with sparse autoencoders" (ground-truth data
+and mean max cosine similarity).
+
+An SAE rewrites an activation `x` as a sparse, non-negative combination of many learned
+directions (the decoder rows) plus a bias:
+
+    latents        = act((x - b_dec) @ W_enc + b_enc)   # act: ReLU, or keep the k largest
+    reconstruction = latents @ W_dec + b_dec
+
+It is trained to reconstruct `x` while using few latents. On data built from known
+features (`SparseFeatureData`) the decoder rows should line up with the true features
+(`mmcs`); on a model's activations, `loss_recovered` says how much of the model's
+performance survives when its activation is replaced by the reconstruction.
+
+Everything runs on the device of the SAE's parameters. The trainer is written for speed:
+minibatches are indexed from a tensor already on the device, the loop waits for the device
+only at log steps, and a step costs the six [batch d_in] x [d_in d_sae]-sized matmuls of
+forward and backward plus a handful of elementwise passes (TopK adds its `topk`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.hook_points import HookPoint
+
+__all__ = [
+    "SAEConfig",
+    "SAE",
+    "sae_loss",
+    "resample_dead_latents",
+    "train_sae",
+    "l0",
+    "mse",
+    "explained_variance",
+    "dead_fraction",
+    "mmcs",
+    "loss_recovered",
+    "SparseFeatureData",
+]
+
+KINDS = ("relu", "topk")
+DEAD_REMEDIES = ("resample", "none")
+
+
+def _describe(value: object) -> str:
+    return f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """The shape of an SAE and how `train_sae` trains it.
+
+    - `kind="relu"`: latents are `relu(pre)`, kept sparse by an L1 penalty of weight
+      `l1_coefficient` (see `sae_loss` for its exact form).
+    - `kind="topk"`: latents are the `k` largest pre-activations of each input (then a
+      ReLU); no penalty is needed, since at most k latents are active by construction.
+
+    A latent is *dead* once it has not fired on any input for `dead_window` steps
+    (`dead_window * batch_size` activations). With `dead_remedy="resample"` the trainer
+    re-initialises dead latents every `dead_window` steps (Bricken et al.; see
+    `resample_dead_latents`); with `"none"` they stay dead.
+
+    `l1_coefficient` trades reconstruction for sparsity at the scale of your activations:
+    rescale activations to a fixed mean norm before comparing values across models.
+    """
+
+    d_in: int
+    d_sae: int
+    kind: Literal["relu", "topk"] = "relu"
+    k: int = 8
+    l1_coefficient: float = 0.1
+    lr: float = 1e-3
+    batch_size: int = 4096
+    steps: int = 2000
+    dead_window: int = 500
+    dead_remedy: Literal["resample", "none"] = "resample"
+    log_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae", "k", "batch_size", "steps", "dead_window", "log_every"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"SAEConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        if self.kind not in KINDS:
+            raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.dead_remedy not in DEAD_REMEDIES:
+            raise ValueError(f"SAEConfig.dead_remedy must be one of {DEAD_REMEDIES}, got {self.dead_remedy!r}.")
+        if self.kind == "topk" and self.k > self.d_sae:
+            raise ValueError(f"SAEConfig.k ({self.k}) cannot exceed d_sae ({self.d_sae}): keep at most d_sae latents.")
+        if not 0 <= self.l1_coefficient < math.inf:
+            raise ValueError(f"SAEConfig.l1_coefficient must be a non-negative number, got {self.l1_coefficient}.")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"SAEConfig.lr must be a positive number, got {self.lr}.")
+        if not _is_int(self.seed):
+            raise ValueError(f"SAEConfig.seed must be an int, got {self.seed!r}.")
+
+
+class SAE(torch.nn.Module):
+    """A sparse autoencoder with SAELens's parameter names (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
+
+    The decoder rows start as random unit vectors and the encoder as their transpose
+    (Gao et al. 2024, Section 2.4); biases start at zero. Seeded by `config.seed`; move it
+    with `.to(device)`.
+    """
+
+    def __init__(self, config: SAEConfig) -> None:
+        super().__init__()
+        if not isinstance(config, SAEConfig):
+            raise TypeError(f"SAE expects an SAEConfig, got {type(config).__name__}.")
+        self.config = config
+        directions = torch.randn(config.d_sae, config.d_in, generator=torch.Generator().manual_seed(config.seed))
+        directions /= directions.norm(dim=1, keepdim=True)
+        self.W_enc = torch.nn.Parameter(directions.T.clone())
+        self.b_enc = torch.nn.Parameter(torch.zeros(config.d_sae))
+        self.W_dec = torch.nn.Parameter(directions)
+        self.b_dec = torch.nn.Parameter(torch.zeros(config.d_in))
+
+    def pre_activations(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        """`(x - b_dec) @ W_enc + b_enc`, the encoder's input before its activation function."""
+        # Folding b_dec into the bias gives the same numbers, and spares the backward pass a
+        # full [batch d_sae] x [d_sae d_in] matmul for b_dec's gradient through x - b_dec.
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        """The latents: the ReLU of the pre-activations, or (TopK) of each row's k largest, the rest set to zero."""
+        pre = self.pre_activations(x)
+        if self.config.kind == "relu":
+            return pre.relu()
+        values, indices = pre.topk(self.config.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+    def decode(self, latents: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_in"]:
+        """`latents @ W_dec + b_dec`."""
+        return torch.addmm(self.b_dec, latents, self.W_dec)
+
+    def forward(self, x: Float[Tensor, "batch d_in"]) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
+        """(reconstruction, latents)."""
+        latents = self.encode(x)
+        return self.decode(latents), latents
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Scale every decoder row to unit norm, in place.
+
+        Without it the SAE could shrink its latents (and their L1 penalty) by growing the
+        decoder rows, and TopK would compare latents on different scales.
+        """
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+
+
+def _check_sae(sae: object) -> None:
+    if not isinstance(sae, SAE):
+        raise TypeError(f"sae must be a mechlearn.sae.SAE, got {type(sae).__name__}.")
+
+
+def _check_activations(name: str, x: object, d_in: int) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point or x.shape[1] != d_in or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty float tensor of shape [n {d_in}] (the SAE's d_in), got {_describe(x)}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
+
+
+def _squared_error(x: Float[Tensor, "batch d_in"], reconstruction: Float[Tensor, "batch d_in"]) -> Float[Tensor, ""]:
+    """Squared error summed over d_in and averaged over inputs (as Anthropic and SAELens do)."""
+    return (reconstruction - x).pow(2).sum(dim=-1).mean()
+
+
+def sae_loss(sae: SAE, x: Float[Tensor, "batch d_in"]) -> dict[str, Tensor]:
+    """The training objective on a batch, as a dict of tensors.
+
+    - `"mse"`: squared reconstruction error `||x - x'||^2`, summed over d_in, averaged over inputs.
+    - `"loss"`: for a TopK SAE, the mse, since TopK is sparse by construction. A ReLU SAE adds
+      `l1_coefficient * l1`, where `"l1"` is `mean over inputs of sum_i latent_i * ||W_dec[i]||`:
+      the L1 of the latents weighted by the decoder row norms (Anthropic's April 2024 update;
+      SAELens's standard SAE). The decoder is renormalised after every step, so the weights
+      are 1 when the step starts and the value is Bricken et al.'s plain L1; the weighting
+      keeps the gradient honest (shrinking latents by growing decoder rows does not pay).
+    - `"activity"` (no gradient): each latent's activation summed over the batch; a latent
+      fired on this batch iff its activity is positive.
+    """
+    reconstruction, latents = sae(x)
+    error = _squared_error(x, reconstruction)
+    activity = latents.sum(dim=0)  # latents are >= 0, so this is their L1, one entry per latent
+    if sae.config.kind == "topk":
+        return {"loss": error, "mse": error, "activity": activity.detach()}
+    l1 = activity @ sae.W_dec.norm(dim=1) / len(x)
+    return {"loss": error + sae.config.l1_coefficient * l1, "mse": error, "l1": l1, "activity": activity.detach()}
+
+
+@torch.no_grad()
+def resample_dead_latents(
+    sae: SAE, x: Float[Tensor, "batch d_in"], dead: Bool[Tensor, "d_sae"], optimizer: torch.optim.Adam, generator: torch.Generator
+) -> None:
+    """Re-initialise the `dead` latents towards inputs the SAE reconstructs badly (Bricken et al. 2023, "Neuron Resampling").
+
+    Each dead latent draws a row of `x`, with probability proportional to the square of
+    that row's loss (its squared reconstruction error). Its decoder row becomes the unit
+    vector along `x - b_dec`, its encoder column the same vector times 0.2 times the mean
+    encoder norm of the live latents, its encoder bias 0, and `optimizer` (the Adam that
+    trains `sae`) forgets their moments. Works with masks of fixed shape, so it never
+    waits for the device.
+    """
+    reconstruction, _ = sae(x)
+    error = (x - reconstruction).pow(2).sum(dim=-1)
+    chosen = torch.multinomial(error.square() + 1e-12, sae.config.d_sae, replacement=True, generator=generator)
+    directions = x[chosen] - sae.b_dec
+    directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    live = (~dead).float()
+    mean_live_norm = sae.W_enc.norm(dim=0) @ live / live.sum()
+    scale = 0.2 * torch.where(live.sum() > 0, mean_live_norm, 1.0)
+    sae.W_dec.copy_(torch.where(dead[:, None], directions, sae.W_dec))
+    sae.W_enc.copy_(torch.where(dead[None, :], scale * directions.T, sae.W_enc))
+    sae.b_enc.masked_fill_(dead, 0.0)
+    for parameter, mask in ((sae.W_dec, dead[:, None]), (sae.W_enc, dead[None, :]), (sae.b_enc, dead)):
+        for moment in ("exp_avg", "exp_avg_sq"):
+            optimizer.state[parameter][moment].masked_fill_(mask, 0.0)
+
+
+def train_sae(sae: SAE, activations: Float[Tensor, "n d_in"], progress: bool = True) -> list[dict[str, float]]:
+    """Train `sae` on `activations` with Adam, as `sae.config` says; return the log.
+
+    `activations` are moved to the SAE's device once. Each step draws `batch_size` rows
+    (with replacement, from a generator seeded by `config.seed`), takes an Adam step on
+    `sae_loss`, renormalises the decoder rows, and counts, for every latent, the steps
+    since it last fired. With
+    `dead_remedy="resample"`, latents that have not fired for `dead_window` steps are
+    resampled every `dead_window` steps (and get a fresh window to fire).
+
+    Every `log_every` steps (and after the last) one record is appended, measured on that
+    step's batch: `{"step", "loss", "mse", "l0", "explained_variance", "dead_fraction"}`
+    (`loss` before the step's update, the rest after). Only then does the loop wait for the
+    device, so that is also where a NaN loss is caught (a FloatingPointError): once NaN,
+    the parameters stay NaN, so the next log step is sure to see it.
+    """
+    _check_sae(sae)
+    config = sae.config
+    _check_activations("activations", activations, config.d_in)
+    device = sae.W_enc.device
+    activations = activations.to(device)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, fused=True)  # one kernel per parameter, not a dozen
+    steps_since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, config.steps + 1), desc="SAE steps", disable=not progress)
+    for step in bar:
+        rows = torch.randint(len(activations), (config.batch_size,), device=device, generator=generator)
+        x = activations.index_select(0, rows)  # on the CPU several times faster than activations[rows]
+        losses = sae_loss(sae, x)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        sae.normalize_decoder()
+        steps_since_fired.add_(1).masked_fill_(losses["activity"] > 0, 0)
+        if config.dead_remedy == "resample" and step % config.dead_window == 0:
+            dead = steps_since_fired >= config.dead_window
+            resample_dead_latents(sae, x, dead, optimizer, generator)
+            steps_since_fired.masked_fill_(dead, 0)  # a fresh latent gets a full window to fire
+        if step % config.log_every == 0 or step == config.steps:
+            record = _record(sae, x, losses["loss"], steps_since_fired, step)
+            history.append(record)
+            bar.set_postfix(mse=f"{record['mse']:.4f}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
+    return history
+
+
+@torch.no_grad()
+def _record(sae: SAE, x: Float[Tensor, "batch d_in"], loss: Float[Tensor, ""], steps_since_fired: Int[Tensor, "d_sae"], step: int) -> dict[str, float]:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"The SAE's training loss became {loss.item()} by step {step}; lower SAEConfig.lr.")
+    reconstruction, latents = sae(x)
+    return {
+        "step": step,
+        "loss": loss.item(),
+        "mse": mse(x, reconstruction),
+        "l0": l0(latents),
+        "explained_variance": explained_variance(x, reconstruction),
+        "dead_fraction": dead_fraction(steps_since_fired, sae.config.dead_window),
+    }
+
+
+def _check_pair(x: object, reconstruction: object) -> None:
+    for name, value in (("x", x), ("reconstruction", reconstruction)):
+        if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a float tensor of shape [batch d_in], got {_describe(value)}.")
+    if x.shape != reconstruction.shape:
+        raise ValueError(f"x {tuple(x.shape)} and reconstruction {tuple(reconstruction.shape)} must have the same shape.")
+
+
+@torch.no_grad()
+def l0(latents: Float[Tensor, "batch d_sae"]) -> float:
+    """The mean number of active (non-zero) latents per input."""
+    if not isinstance(latents, Tensor) or latents.ndim != 2:
+        raise ValueError(f"latents must be a tensor of shape [batch d_sae], got {_describe(latents)}.")
+    return (latents != 0).sum(dim=-1).float().mean().item()
+
+
+@torch.no_grad()
+def mse(x: Float[Tensor, "batch d_in"], reconstruction: Float[Tensor, "batch d_in"]) -> float:
+    """The squared error `||x - reconstruction||^2`, summed over d_in and averaged over inputs (the loss's `"mse"`)."""
+    _check_pair(x, reconstruction)
+    return _squared_error(x, reconstruction).item()
+
+
+@torch.no_grad()
+def explained_variance(x: Float[Tensor, "batch d_in"], reconstruction: Float[Tensor, "batch d_in"]) -> float:
+    """`1 - sum ||x - x'||^2 / sum ||x - mean(x)||^2`: one minus the fraction of variance unexplained.
+
+    1 is a perfect reconstruction; 0 is no better than predicting the mean input.
+    """
+    _check_pair(x, reconstruction)
+    total = (x - x.mean(dim=0)).pow(2).sum()
+    if total == 0:
+        raise ValueError("x has no variance (all rows are equal), so there is no variance to explain.")
+    return (1 - (x - reconstruction).pow(2).sum() / total).item()
+
+
+def dead_fraction(steps_since_fired: Int[Tensor, "d_sae"], dead_window: int) -> float:
+    """The fraction of latents that have not fired for at least `dead_window` steps."""
+    if not isinstance(steps_since_fired, Tensor) or steps_since_fired.ndim != 1:
+        raise ValueError(f"steps_since_fired must be a tensor of shape [d_sae], got {_describe(steps_since_fired)}.")
+    if not _is_int(dead_window) or dead_window < 1:
+        raise ValueError(f"dead_window must be an int of at least 1, got {dead_window!r}.")
+    return (steps_since_fired >= dead_window).float().mean().item()
+
+
+@torch.no_grad()
+def mmcs(learned: Float[Tensor, "d_sae d_in"], true: Float[Tensor, "n_true d_in"]) -> float:
+    """Mean max cosine similarity (MMCS; Sharkey et al. 2022, Figure 3): how well `learned` directions cover the `true` ones.
+
+    For each true feature, the largest cosine similarity with any learned direction (pass
+    `sae.W_dec`), averaged over the true features. Signed cosine, not its absolute value:
+    SAE latents are non-negative, so a decoder row pointing against a feature cannot
+    represent it. 1 means every true feature has a learned copy.
+    """
+    for name, value in (("learned", learned), ("true", true)):
+        if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
+            raise ValueError(f"{name} must be a non-empty float tensor of shape [n d_in], got {_describe(value)}.")
+    if learned.shape[1] != true.shape[1]:
+        raise ValueError(f"learned has d_in={learned.shape[1]} but true has d_in={true.shape[1]}: compare directions in the same space.")
+    cosines = F.normalize(true, dim=1) @ F.normalize(learned.to(true), dim=1).T  # [n_true d_sae]
+    return cosines.max(dim=1).values.mean().item()
+
+
+LossFn = Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"]], Float[Tensor, ""]]
+
+
+@torch.no_grad()
+def loss_recovered(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], hook_name: str, sae: SAE, loss_fn: LossFn) -> float:
+    """How much of the model's loss the SAE keeps when spliced in at `hook_name`.
+
+    `(L_zero - L_sae) / (L_zero - L_clean)`, where `L_clean` is the model's loss, `L_sae` the
+    loss with the activation at `hook_name` replaced by the SAE's reconstruction, and
+    `L_zero` the loss with it replaced by zeros. 1: the SAE loses nothing; 0: as bad as
+    deleting the activation. `loss_fn(logits, tokens)` is the scalar loss, e.g.
+    `lambda logits, tokens: task_loss(task, logits, tokens)`.
+    """
+    _check_sae(sae)
+
+    def splice(activation: Float[Tensor, "batch pos d_in"], hook: HookPoint) -> Float[Tensor, "batch pos d_in"]:
+        if activation.shape[-1] != sae.config.d_in:
+            raise ValueError(f"The activation at {hook.name} has size {activation.shape[-1]} but the SAE reads d_in={sae.config.d_in}.")
+        reconstruction, _ = sae(activation.flatten(0, -2))
+        return reconstruction.reshape(activation.shape)
+
+    def zero(activation: Tensor, hook: HookPoint) -> Tensor:
+        return torch.zeros_like(activation)
+
+    clean = loss_fn(model(tokens), tokens)
+    ablated = loss_fn(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)]), tokens)
+    spliced = loss_fn(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice)]), tokens)
+    if ablated == clean:
+        raise ValueError(f"Zero-ablating {hook_name} does not change the loss, so there is no loss for the SAE to recover.")
+    return ((ablated - spliced) / (ablated - clean)).item()
+
+
+@dataclass(frozen=True)
+class SparseFeatureData:
+    """Activations built from known features, to grade an SAE against the truth.
+
+    A simpler version of Sharkey et al.'s (2022) toy data: their features are correlated
+    and of unequal frequency, ours independent and equally frequent. The `n_features` true
+    features are random unit vectors in `d_model` dimensions (more features than
+    dimensions: superposition). In each input every feature is active independently with
+    probability `features_per_input / n_features`, with a coefficient drawn uniformly from
+    [0, 1]; the input is the sum of the active features times their coefficients.
+    """
+
+    n_features: int = 128
+    d_model: int = 64
+    features_per_input: float = 3.0  # the expected number of active features
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "d_model"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"SparseFeatureData.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        if not 0 < self.features_per_input <= self.n_features:
+            raise ValueError(f"SparseFeatureData.features_per_input must lie in (0, n_features={self.n_features}], got {self.features_per_input}.")
+        if not _is_int(self.seed):
+            raise ValueError(f"SparseFeatureData.seed must be an int, got {self.seed!r}.")
+
+    def dictionary(self) -> Float[Tensor, "n_features d_model"]:
+        """The true features, one unit vector per row (the same for the same seed)."""
+        features = torch.randn(self.n_features, self.d_model, generator=torch.Generator().manual_seed(self.seed))
+        return features / features.norm(dim=1, keepdim=True)
+
+    def sample(self, n: int, generator: torch.Generator) -> Float[Tensor, "n d_model"]:
+        """`n` inputs drawn with `generator` (a CPU generator; move the result to your device)."""
+        if not _is_int(n) or n < 1:
+            raise ValueError(f"n must be an int of at least 1, got {n!r}.")
+        active = torch.rand(n, self.n_features, generator=generator) < self.features_per_input / self.n_features
+        coefficients = torch.rand(n, self.n_features, generator=generator) * active
+        return coefficients @ self.dictionary()

@@ -1,0 +1,341 @@
+"""mechlearn.sae: SAE maths, the objective, the trainer, dead-latent resampling, metrics and ground-truth data."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mechlearn.models import ModelConfig, make_model
+from mechlearn.sae import (
+    SAE,
+    SAEConfig,
+    SparseFeatureData,
+    dead_fraction,
+    explained_variance,
+    l0,
+    loss_recovered,
+    mmcs,
+    mse,
+    resample_dead_latents,
+    sae_loss,
+    train_sae,
+)
+from mechlearn.train import next_token_loss
+
+DATA = SparseFeatureData(n_features=128, d_model=64, features_per_input=3.0)
+RELU = SAEConfig(d_in=64, d_sae=128, l1_coefficient=0.15, lr=1e-2, batch_size=1024, steps=300, dead_window=100)
+TOPK = replace(RELU, kind="topk", k=4)
+
+
+@pytest.fixture(scope="module")
+def activations() -> torch.Tensor:
+    return DATA.sample(20_000, torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def trained(activations) -> dict[str, tuple[SAE, list[dict[str, float]]]]:
+    threads = torch.get_num_threads()  # module fixtures run before conftest's one_thread
+    torch.set_num_threads(1)
+    result = {}
+    for config in (RELU, TOPK):
+        sae = SAE(config)
+        result[config.kind] = sae, train_sae(sae, activations, progress=False)
+    torch.set_num_threads(threads)
+    return result
+
+
+def tiny_sae(kind: str = "relu", **fields) -> SAE:
+    """A 2-in, 3-latent SAE with hand-set weights (decoder rows deliberately not unit norm)."""
+    sae = SAE(SAEConfig(d_in=2, d_sae=3, kind=kind, k=1, **fields))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]))
+        sae.b_enc.copy_(torch.tensor([0.0, -0.5, 0.0]))
+        sae.W_dec.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        sae.b_dec.copy_(torch.tensor([1.0, 0.0]))
+    return sae
+
+
+def killed(config: SAEConfig) -> SAE:
+    """An SAE whose first half of latents can never fire: zero encoder columns and a negative bias."""
+    sae = SAE(config)
+    with torch.no_grad():
+        sae.W_enc[:, : config.d_sae // 2] = 0.0
+        sae.b_enc[: config.d_sae // 2] = -1.0
+    return sae
+
+
+# --- config and the SAE's maths ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(d_in=0), "d_in"),
+        (dict(d_sae=True), "d_sae"),
+        (dict(kind="gated"), "kind"),
+        (dict(kind="topk", k=200), "cannot exceed d_sae"),
+        (dict(dead_remedy="aux_k"), "dead_remedy"),
+        (dict(l1_coefficient=-1.0), "l1_coefficient"),
+        (dict(lr=0.0), "lr"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(dead_window=0), "dead_window"),
+        (dict(log_every=2.5), "log_every"),
+    ],
+)
+def test_config_rejects_bad_fields(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SAEConfig(**{"d_in": 8, "d_sae": 16, **fields})
+
+
+def test_init_is_seeded_with_unit_decoder_rows_and_a_tied_encoder() -> None:
+    sae = SAE(SAEConfig(d_in=8, d_sae=16))
+    assert sae.W_enc.shape == (8, 16) and sae.W_dec.shape == (16, 8) and sae.b_enc.shape == (16,) and sae.b_dec.shape == (8,)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(16))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    assert not sae.b_enc.any() and not sae.b_dec.any()
+    torch.testing.assert_close(SAE(SAEConfig(d_in=8, d_sae=16)).W_dec, sae.W_dec)
+    assert not torch.allclose(SAE(SAEConfig(d_in=8, d_sae=16, seed=1)).W_dec, sae.W_dec)
+    with pytest.raises(TypeError, match="SAEConfig"):
+        SAE({"d_in": 8, "d_sae": 16})
+
+
+def test_encode_subtracts_b_dec_then_applies_relu() -> None:
+    sae = SAE(SAEConfig(d_in=8, d_sae=16))
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=torch.Generator().manual_seed(0))
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(2))
+    expected = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    torch.testing.assert_close(sae.encode(x), expected)
+    reconstruction, latents = sae(x)
+    torch.testing.assert_close(latents, expected)
+    torch.testing.assert_close(reconstruction, expected @ sae.W_dec + sae.b_dec)
+
+
+def test_topk_keeps_the_k_largest_pre_activations() -> None:
+    sae = tiny_sae("topk")
+    x = torch.tensor([[3.0, 2.0], [1.0, 3.0], [0.0, -1.0]])
+    # pre = (x - b_dec) @ W_enc + b_enc: [[2, 1.5, 0], [0, 2.5, -3], [-1, -1.5, 0]]
+    expected = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.5, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(sae.encode(x), expected)
+    wider = SAE(SAEConfig(d_in=8, d_sae=16, kind="topk", k=4))
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    latents, pre = wider.encode(x), wider.pre_activations(x)
+    assert ((latents != 0).sum(dim=1) <= 4).all() and (latents >= 0).all()
+    torch.testing.assert_close(latents[latents != 0], pre[latents != 0])
+    torch.testing.assert_close(latents.sum(dim=1), pre.topk(4, dim=1).values.relu().sum(dim=1))
+
+
+def test_normalize_decoder_keeps_directions() -> None:
+    sae = tiny_sae()
+    with torch.no_grad():
+        sae.W_dec[2] = torch.tensor([3.0, 4.0])
+    sae.normalize_decoder()
+    torch.testing.assert_close(sae.W_dec, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+
+
+# --- the objective ---------------------------------------------------------------------------
+
+
+def test_relu_loss_is_squared_error_plus_decoder_weighted_l1() -> None:
+    sae = tiny_sae(l1_coefficient=0.5)
+    x = torch.tensor([[3.0, 2.0], [1.0, 1.0]])
+    # latents = relu(pre) = [[2, 1.5, 0], [0, 0.5, 0]]; reconstruction = latents @ W_dec + b_dec
+    # = [[5, 1.5], [1, 0.5]]; squared errors 4.25 and 0.25; weighted L1: (2*2 + 1.5*1) and 0.5*1.
+    losses = sae_loss(sae, x)
+    assert losses["mse"].item() == pytest.approx((4.25 + 0.25) / 2)
+    assert losses["l1"].item() == pytest.approx((5.5 + 0.5) / 2)
+    assert losses["loss"].item() == pytest.approx(2.25 + 0.5 * 3.0)
+    torch.testing.assert_close(losses["activity"], torch.tensor([2.0, 2.0, 0.0]))
+    losses["loss"].backward()
+    assert sae.W_dec.grad is not None and sae.b_dec.grad.abs().sum() > 0
+
+
+def test_topk_loss_is_the_squared_error_alone() -> None:
+    sae = tiny_sae("topk", l1_coefficient=0.5)
+    x = torch.tensor([[3.0, 2.0], [1.0, 3.0]])
+    # latents [[2, 0, 0], [0, 2.5, 0]]; reconstruction [[5, 0], [1, 2.5]]; squared errors 8 and 0.25
+    losses = sae_loss(sae, x)
+    assert losses["loss"].item() == pytest.approx(4.125) and set(losses) == {"loss", "mse", "activity"}
+    torch.testing.assert_close(losses["activity"], torch.tensor([2.0, 2.5, 0.0]))
+
+
+@pytest.mark.parametrize("config", [RELU, TOPK])
+def test_dead_latents_get_no_gradient(config) -> None:
+    sae = killed(config)
+    sae_loss(sae, DATA.sample(256, torch.Generator().manual_seed(0)))["loss"].backward()
+    assert sae.W_enc.grad[:, :64].abs().sum() == 0 and sae.b_enc.grad[:64].abs().sum() == 0
+
+
+def test_resampling_reinitialises_only_dead_latents() -> None:
+    sae = SAE(RELU)
+    optimizer = torch.optim.Adam(sae.parameters())
+    x = DATA.sample(256, torch.Generator().manual_seed(0))
+    sae_loss(sae, x)["loss"].backward()
+    optimizer.step()
+    before = {name: parameter.detach().clone() for name, parameter in sae.named_parameters()}
+    dead = torch.zeros(128, dtype=torch.bool)
+    dead[:10] = True
+    resample_dead_latents(sae, x, dead, optimizer, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sae.W_dec[10:], before["W_dec"][10:])
+    torch.testing.assert_close(sae.W_enc[:, 10:], before["W_enc"][:, 10:])
+    torch.testing.assert_close(sae.b_enc[10:], before["b_enc"][10:])
+    torch.testing.assert_close(sae.W_dec[:10].norm(dim=1), torch.ones(10))
+    inputs = torch.nn.functional.normalize(x - sae.b_dec, dim=1)
+    assert (sae.W_dec[:10] @ inputs.T).max(dim=1).values.min() > 1 - 1e-5, "each new decoder row is an input's direction"
+    torch.testing.assert_close(sae.W_enc[:, :10].T, 0.2 * before["W_enc"][:, 10:].norm(dim=0).mean() * sae.W_dec[:10])
+    assert not sae.b_enc[:10].any()
+    for parameter in (sae.W_dec, sae.b_enc):
+        assert not optimizer.state[parameter]["exp_avg"][:10].any() and optimizer.state[parameter]["exp_avg"][10:].any()
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk"])
+def test_trained_sae_recovers_the_true_features(trained, activations, kind) -> None:
+    sae, history = trained[kind]
+    assert mmcs(sae.W_dec, DATA.dictionary()) >= 0.95
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(128))
+    final = history[-1]
+    assert [record["step"] for record in history] == [100, 200, 300]
+    assert set(final) == {"step", "loss", "mse", "l0", "explained_variance", "dead_fraction"}
+    assert final["explained_variance"] > 0.9 and final["dead_fraction"] == 0.0
+    assert 2.0 <= final["l0"] <= 5.0, f"the data have 3 active features per input on average, the SAE {final['l0']}"
+    assert history[0]["mse"] > final["mse"]
+    x = DATA.sample(2000, torch.Generator().manual_seed(2))
+    reconstruction, latents = sae(x)
+    assert explained_variance(x, reconstruction) > 0.9, "it must generalise to fresh inputs"
+
+
+def test_training_is_deterministic_under_the_seed(activations) -> None:
+    config = replace(RELU, steps=60, log_every=20)
+    first, second, other = SAE(config), SAE(config), SAE(replace(config, seed=1))
+    history = train_sae(first, activations, progress=False)
+    assert train_sae(second, activations, progress=False) == history
+    torch.testing.assert_close(first.W_dec, second.W_dec, rtol=0, atol=0)
+    assert train_sae(other, activations, progress=False) != history
+
+
+def test_nan_loss_raises(activations) -> None:
+    sae = SAE(replace(RELU, steps=5, log_every=5))
+    with torch.no_grad():
+        sae.b_dec[0] = math.nan
+    with pytest.raises(FloatingPointError, match="lr"):
+        train_sae(sae, activations, progress=False)
+
+
+@pytest.mark.parametrize("config", [RELU, TOPK])
+def test_resampling_revives_killed_latents(activations, config) -> None:
+    config = replace(config, steps=150, dead_window=25, log_every=25)
+    x = DATA.sample(2000, torch.Generator().manual_seed(2))
+    silent, history = {}, {}
+    for remedy in ("none", "resample"):
+        sae = killed(replace(config, dead_remedy=remedy))
+        history[remedy] = train_sae(sae, activations, progress=False)
+        silent[remedy] = (sae.encode(x) == 0).all(dim=0).float().mean().item()  # latents that never fire on fresh inputs
+    assert history["none"][-1]["dead_fraction"] == silent["none"] == 0.5, "the killed half can never fire on its own"
+    assert silent["resample"] < 0.1 and history["resample"][-1]["dead_fraction"] < 0.1
+    assert history["resample"][-1]["explained_variance"] > history["none"][-1]["explained_variance"] + 0.1
+
+
+def test_train_sae_checks_its_inputs(activations) -> None:
+    sae = SAE(RELU)
+    with pytest.raises(ValueError, match="d_in"):
+        train_sae(sae, activations[:, :32], progress=False)
+    bad = activations[:100].clone()
+    bad[3, 4] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train_sae(sae, bad, progress=False)
+    with pytest.raises(TypeError, match="SAE"):
+        train_sae(torch.nn.Linear(64, 128), activations, progress=False)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_on_hand_made_inputs() -> None:
+    assert l0(torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]])) == 1.5
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert mse(x, torch.tensor([[0.0, 0.0], [-1.0, 2.0]])) == 2.5  # (1 + 4) / 2 inputs
+    assert explained_variance(x, x) == 1.0
+    assert explained_variance(x, torch.zeros_like(x)) == 0.0  # the mean of x is 0
+    assert explained_variance(x, torch.tensor([[0.5, 0.0], [-1.0, 0.0]])) == pytest.approx(1 - 0.25 / 2)
+    assert dead_fraction(torch.tensor([0, 5, 10, 20]), 10) == 0.5
+
+
+def test_mmcs_is_signed_and_scale_free() -> None:
+    true = torch.eye(2)
+    assert mmcs(torch.tensor([[3.0, 0.0], [1.0, 1.0]]), true) == pytest.approx((1 + 2**-0.5) / 2)
+    assert mmcs(-true, true) == 0.0, "a direction pointing against a feature does not recover it"
+    assert mmcs(torch.cat([5 * true, -true]), true) == pytest.approx(1.0)
+
+
+def test_metrics_check_their_inputs() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        mse(torch.zeros(3, 2), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="no variance"):
+        explained_variance(torch.ones(3, 2), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="d_in"):
+        mmcs(torch.zeros(4, 3), torch.eye(2))
+    with pytest.raises(ValueError, match="dead_window"):
+        dead_fraction(torch.zeros(4), 0)
+    with pytest.raises(ValueError, match="latents"):
+        l0(torch.zeros(4))
+
+
+# --- loss recovered --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(ModelConfig(d_vocab=20, n_ctx=12, d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32))
+
+
+def identity_sae(d: int) -> SAE:
+    """An SAE that reconstructs exactly: relu(x) - relu(-x) = x, with unit decoder rows."""
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], dim=1))
+        sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+    return sae
+
+
+def test_loss_recovered_is_one_for_a_perfect_sae_and_zero_for_a_zero_one(model) -> None:
+    tokens = torch.randint(0, 20, (8, 12), generator=torch.Generator().manual_seed(0))
+    hook_name = "blocks.1.hook_resid_pre"
+    assert loss_recovered(model, tokens, hook_name, identity_sae(16), next_token_loss) == pytest.approx(1.0, abs=1e-5)
+    silent = identity_sae(16)
+    with torch.no_grad():
+        silent.W_enc.zero_()
+    assert loss_recovered(model, tokens, hook_name, silent, next_token_loss) == pytest.approx(0.0, abs=1e-6)
+    partial = loss_recovered(model, tokens, hook_name, SAE(SAEConfig(d_in=16, d_sae=64)), next_token_loss)
+    assert partial != pytest.approx(1.0) and partial != pytest.approx(0.0)
+    with pytest.raises(ValueError, match="d_in=8"):
+        loss_recovered(model, tokens, hook_name, identity_sae(8), next_token_loss)
+
+
+# --- ground-truth data -----------------------------------------------------------------------
+
+
+def test_sparse_feature_data_are_sparse_non_negative_combinations_of_a_seeded_dictionary() -> None:
+    data = SparseFeatureData(n_features=6, d_model=12, features_per_input=2.0, seed=3)
+    dictionary = data.dictionary()
+    torch.testing.assert_close(dictionary.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(dictionary, SparseFeatureData(n_features=6, d_model=12, seed=3).dictionary())
+    assert not torch.allclose(dictionary, SparseFeatureData(n_features=6, d_model=12, seed=4).dictionary())
+    x = data.sample(4000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, data.sample(4000, torch.Generator().manual_seed(0)))
+    coefficients = x @ torch.linalg.pinv(dictionary)  # exact: 6 independent features in 12 dimensions
+    assert coefficients.min() > -1e-4 and coefficients.max() < 1 + 1e-4
+    assert (coefficients > 1e-4).sum(dim=1).float().mean().item() == pytest.approx(2.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [(dict(n_features=0), "n_features"), (dict(d_model=-1), "d_model"), (dict(features_per_input=200.0), "features_per_input")],
+)
+def test_sparse_feature_data_rejects_bad_fields(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SparseFeatureData(**fields)
