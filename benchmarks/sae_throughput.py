@@ -1,0 +1,314 @@
+"""Train the same SAE with mechlearn.sae and with SAELens on the same activations; compare speed and quality.
+
+The activations are the residual stream of the `othello-6x6-4l` zoo model before block 2
+(`blocks.2.hook_resid_pre`, d_model 128) at every position still in play of random games,
+scaled to a mean norm of sqrt(d_model) (SAELens's "expected_average_only_in"), cached once
+to a temporary file that both trainers read. Both train an SAE of the same kind and size
+with Adam at the same learning rate, batch size and number of steps; everything else is
+each library's own recipe (see the README).
+
+SAELens pins TransformerLens < 4, so it runs in its own environment,
+`benchmarks/.venv-saelens`, which this script creates on first use (about 2 GB, a minute
+or two) and reuses. Its side runs in a subprocess of that environment (this same file,
+with `--saelens-worker`), which writes its timing as JSON and its trained weights; this
+is why the mechlearn imports sit inside the functions that need them.
+
+Speed: activations per second over a whole training run, timed after a short warm-up
+run of the same trainer. Compute: a forward pass counts as 2 matmuls of
+2 * batch * d_in * d_sae FLOPs and a training step as 3 forward passes, compared with the
+FLOP/s of a large fp32 matmul timed in the same run. Quality at equal compute: explained
+variance and L0 of both trained SAEs on activations from other games, both measured by
+mechlearn.sae.
+
+    python benchmarks/sae_throughput.py                  # ReLU and TopK, 2 threads
+    python benchmarks/sae_throughput.py --kinds relu --steps 100 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SAELENS_ENV = Path(__file__).resolve().parent / ".venv-saelens"
+HOOK_NAME = "blocks.2.hook_resid_pre"
+PEAK_MATMUL_SIZE = 4096
+SPEEDUP_GOAL = 1.5
+PEAK_FRACTION_GOAL = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What both trainers are asked to do: train one SAE from scratch."""
+
+    kind: str  # "relu" (ReLU + L1 penalty) or "topk"
+    d_in: int
+    d_sae: int
+    k: int
+    l1_coefficient: float
+    lr: float
+    batch_size: int
+    steps: int
+    warmup_steps: int
+    seed: int
+    threads: int
+
+    @property
+    def flops_per_step(self) -> int:
+        """A forward pass is 2 matmuls (encoder, decoder) of 2 * batch * d_in * d_sae FLOPs; a training step, 3 forwards."""
+        return 3 * 2 * 2 * self.batch_size * self.d_in * self.d_sae
+
+
+# The SAELens side: runs in benchmarks/.venv-saelens, where mechlearn cannot be imported.
+
+
+def saelens_worker(spec_path: Path) -> None:
+    """Train with SAELens's own `SAETrainer.fit`, as the JSON at `spec_path` says; write the seconds and the weights."""
+    from sae_lens import __version__
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.standard_sae import (
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+    )
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    spec = json.loads(spec_path.read_text())
+    run = Run(**spec["run"])
+    torch.set_num_threads(run.threads)
+    activations = torch.load(spec["activations"])
+
+    def train(steps: int) -> tuple[float, torch.nn.Module]:
+        torch.manual_seed(run.seed)  # SAELens initialises its weights from the global generator
+        if run.kind == "relu":
+            sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=run.d_in, d_sae=run.d_sae, l1_coefficient=run.l1_coefficient))
+        else:
+            sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=run.d_in, d_sae=run.d_sae, k=run.k))
+        config = SAETrainerConfig(
+            total_training_samples=steps * run.batch_size,
+            train_batch_size_samples=run.batch_size,
+            lr=run.lr,
+            lr_end=run.lr / 10,  # required, though the constant schedule ignores it; SAELens's runner sets it so
+            logger=LoggingConfig(log_to_wandb=False),  # no wandb, hence no evals; no checkpoints by default
+        )
+        generator = torch.Generator().manual_seed(run.seed)
+        # Batches drawn with replacement, as mechlearn's trainer draws them, so both time the same sampling.
+        batches = (activations[torch.randint(len(activations), (run.batch_size,), generator=generator)] for _ in itertools.count())
+        start = time.perf_counter()
+        SAETrainer(cfg=config, sae=sae, data_provider=batches).fit()
+        return time.perf_counter() - start, sae
+
+    train(run.warmup_steps)
+    seconds, sae = train(run.steps)
+    weights = sae.state_dict()
+    sae.process_state_dict_for_saving_inference(weights)  # TopK: folds the decoder norms into the encoder
+    torch.save({name: weights[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}, spec["weights"])
+    Path(spec["result"]).write_text(json.dumps({"seconds": seconds, "version": __version__}))
+
+
+# The mechlearn side: runs in the main environment.
+
+
+def saelens_python() -> Path:
+    """The Python of the SAELens environment, created on first use with the same torch as this one."""
+    python = SAELENS_ENV / "bin" / "python"
+    has_saelens = "import importlib.util, sys; sys.exit(importlib.util.find_spec('sae_lens') is None)"
+    if python.exists() and subprocess.run([python, "-c", has_saelens], check=False).returncode == 0:
+        return python
+    print(f"Creating the SAELens environment in {SAELENS_ENV} (once; a minute or two) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", SAELENS_ENV], check=True)
+    # torch first, pinned to ours: left to itself, pip would pull a CUDA build of several GB.
+    for requirement in (f"torch=={torch.__version__.split('+')[0]}", "sae-lens"):
+        subprocess.run([python, "-m", "pip", "install", "--quiet", requirement], check=True)
+    return python
+
+
+def cache_activations(n_rows: int, seed: int) -> torch.Tensor:
+    """`n_rows` residual-stream vectors at `HOOK_NAME` of the Othello model, scaled to mean norm sqrt(d_model)."""
+    from mechlearn import zoo
+    from mechlearn.tasks import OthelloTask
+
+    model = zoo.load("othello-6x6-4l")
+    task = OthelloTask()
+    generator = torch.Generator().manual_seed(seed)
+    chunks, n = [], 0
+    with torch.no_grad():
+        while n < n_rows:
+            tokens = task.sample(4096, generator)
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == HOOK_NAME)
+            chunks.append(cache[HOOK_NAME][task.replay(tokens).in_play])
+            n += len(chunks[-1])
+    rows = torch.cat(chunks)[:n_rows]
+    return rows * (math.sqrt(rows.shape[1]) / rows.norm(dim=1).mean())
+
+
+def peak_flops(size: int = PEAK_MATMUL_SIZE, repeats: int = 3) -> float:
+    """FLOP/s of the fastest of `repeats` fp32 [size size] @ [size size] matmuls (after one untimed)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def mechlearn_sae(run: Run, steps: int) -> torch.nn.Module:
+    """A fresh mechlearn SAE for `run`, configured to train for `steps` steps."""
+    from mechlearn.sae import SAE, SAEConfig
+
+    return SAE(SAEConfig(
+        d_in=run.d_in, d_sae=run.d_sae, kind=run.kind, k=run.k, l1_coefficient=run.l1_coefficient, lr=run.lr,
+        batch_size=run.batch_size, steps=steps, seed=run.seed,
+    ))
+
+
+def train_mechlearn(run: Run, activations: torch.Tensor) -> tuple[float, torch.nn.Module]:
+    """Seconds of `train_sae` for `run.steps` steps (after a warm-up run), and the trained SAE."""
+    from mechlearn.sae import train_sae
+
+    train_sae(mechlearn_sae(run, run.warmup_steps), activations, progress=False)
+    sae = mechlearn_sae(run, run.steps)
+    start = time.perf_counter()
+    train_sae(sae, activations, progress=False)
+    return time.perf_counter() - start, sae
+
+
+def train_saelens(run: Run, python: Path, activations_path: Path) -> tuple[float, str, torch.nn.Module]:
+    """Seconds of SAELens's `SAETrainer.fit` for `run.steps` steps, SAELens's version, and its SAE as a mechlearn SAE."""
+    directory = activations_path.parent
+    spec = {
+        "run": dataclasses.asdict(run),
+        "activations": str(activations_path),
+        "weights": str(directory / "saelens-weights.pt"),
+        "result": str(directory / "saelens-result.json"),
+    }
+    spec_path = directory / "saelens-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    subprocess.run([python, __file__, "--saelens-worker", spec_path], check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    result = json.loads(Path(spec["result"]).read_text())
+    # The same parameter names and, with the decoder norms folded in, the same forward pass.
+    sae = mechlearn_sae(run, run.steps)
+    sae.load_state_dict(torch.load(spec["weights"]))
+    return result["seconds"], result["version"], sae
+
+
+def quality(sae: torch.nn.Module, held_out: torch.Tensor) -> dict[str, float]:
+    """Explained variance and L0 on `held_out`."""
+    from mechlearn.sae import explained_variance, l0
+
+    with torch.no_grad():
+        reconstruction, latents = sae(held_out)
+    return {"explained_variance": round(explained_variance(held_out, reconstruction), 4), "l0": round(l0(latents), 2)}
+
+
+def compare(run: Run, repeats: int, python: Path, activations: torch.Tensor, activations_path: Path, held_out: torch.Tensor) -> dict:
+    """Train with both `repeats` times, alternating; the fastest run of each counts (all train the same SAE).
+
+    `activations_path` holds `activations`, for the SAELens side.
+    """
+    seconds: dict[str, list[float]] = {"mechlearn": [], "saelens": []}
+    for _ in range(repeats):  # alternating, so that a busy spell of the machine tends to slow both
+        mechlearn_seconds, mechlearn_trained = train_mechlearn(run, activations)
+        saelens_seconds, version, saelens_trained = train_saelens(run, python, activations_path)
+        seconds["mechlearn"].append(round(mechlearn_seconds, 2))
+        seconds["saelens"].append(round(saelens_seconds, 2))
+    trainers = {
+        name: {
+            "seconds": seconds[name],
+            "activations_per_s": round(run.steps * run.batch_size / min(seconds[name])),
+            "flops_per_s": run.steps * run.flops_per_step / min(seconds[name]),
+            **quality(sae, held_out),
+        }
+        for name, sae in (("mechlearn", mechlearn_trained), ("saelens", saelens_trained))
+    }
+    speedup = trainers["mechlearn"]["activations_per_s"] / trainers["saelens"]["activations_per_s"]
+    return {"kind": run.kind, "sae_lens_version": version, "speedup": round(speedup, 2), **trainers}
+
+
+def print_table(report: dict) -> None:
+    run = report["run"]
+    print(f"torch {report['torch']}, SAELens {report['comparisons'][0]['sae_lens_version']}, {run['threads']} threads; "
+          f"fp32 matmul peak ({PEAK_MATMUL_SIZE}x{PEAK_MATMUL_SIZE}): {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"SAE {run['d_in']} -> {run['d_sae']}, batch {run['batch_size']}, {run['steps']} steps, lr {run['lr']}, "
+          f"L1 coefficient {run['l1_coefficient']} (relu), k {run['k']} (topk); "
+          f"{report['rows']} training activations, {report['held_out_rows']} held out")
+    print(f"load average (1 min) before: {report['load_average_before']:.2f}, after: {report['load_average_after']:.2f}")
+    print(f"{'kind':<5} {'trainer':<10} {'act/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'expl. var':>9} {'L0':>7}  seconds per run")
+    for comparison in report["comparisons"]:
+        for name in ("mechlearn", "saelens"):
+            row = comparison[name]
+            print(f"{comparison['kind']:<5} {name:<10} {row['activations_per_s']:>8} {row['flops_per_s'] / 1e9:>8.1f} "
+                  f"{row['flops_per_s'] / report['peak_flops_per_s']:>8.0%} {row['explained_variance']:>9.3f} {row['l0']:>7.1f}  "
+                  + ", ".join(f"{seconds:.1f}" for seconds in row["seconds"]))
+    for comparison in report["comparisons"]:
+        print(f"{comparison['kind']}: mechlearn / SAELens = {comparison['speedup']:.2f}x (goal >= {SPEEDUP_GOAL}x); "
+              f"mechlearn at {comparison['mechlearn']['flops_per_s'] / report['peak_flops_per_s']:.0%} of peak "
+              f"(goal >= {PEAK_FRACTION_GOAL:.0%})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="+", choices=("relu", "topk"), default=["relu", "topk"], help="SAE kinds to compare")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    parser.add_argument("--rows", type=int, default=200_000, help="cached training activations")
+    parser.add_argument("--held-out-rows", type=int, default=20_000, help="activations from other games, for quality")
+    parser.add_argument("--d-sae", type=int, default=1024, help="latents (d_in is 128)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=200, help="training steps of a timed run")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="training steps of the untimed warm-up run")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--l1-coefficient", type=float, default=1.0, help="ReLU SAEs")
+    parser.add_argument("--k", type=int, default=16, help="TopK SAEs")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per trainer and kind; the fastest counts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--saelens-worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.saelens_worker:
+        saelens_worker(args.saelens_worker)
+        return
+    torch.set_num_threads(args.threads)
+    load_average = os.getloadavg()[0]  # other jobs on the machine slow both trainers and the peak
+
+    python = saelens_python()
+    activations = cache_activations(args.rows, args.seed)
+    held_out = cache_activations(args.held_out_rows, args.seed + 1)
+    runs = [
+        Run(kind=kind, d_in=activations.shape[1], d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
+            lr=args.lr, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
+            seed=args.seed, threads=args.threads)
+        for kind in args.kinds
+    ]
+    peak_before = peak_flops()
+    with tempfile.TemporaryDirectory() as directory:
+        activations_path = Path(directory) / "activations.pt"
+        torch.save(activations, activations_path)
+        comparisons = [compare(run, args.repeats, python, activations, activations_path, held_out) for run in runs]
+    # The best of before and after: a busy machine lowers the peak, which would flatter the trainers.
+    peak = max(peak_before, peak_flops())
+    report = {
+        "torch": torch.__version__, "load_average_before": load_average, "load_average_after": os.getloadavg()[0],
+        "peak_flops_per_s": peak, "rows": len(activations), "held_out_rows": len(held_out),
+        "run": {name: value for name, value in dataclasses.asdict(runs[0]).items() if name != "kind"},
+        "comparisons": comparisons,
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()
