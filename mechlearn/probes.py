@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from mechlearn.patching import HookFn
+from mechlearn.validation import describe, is_int
 
 __all__ = [
     "residual_stack",
@@ -48,14 +49,6 @@ __all__ = [
 ]
 
 
-def _describe(value: object) -> str:
-    return f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_int_tensor(value: object) -> bool:
     return isinstance(value, Tensor) and not value.dtype.is_floating_point and not value.dtype.is_complex and value.dtype != torch.bool
 
@@ -63,14 +56,14 @@ def _is_int_tensor(value: object) -> bool:
 def _check_activations(name: str, activations: object, ndim: int = 2) -> None:
     shape = "[n d_model]" if ndim == 2 else "[layer n d_model]"
     if not isinstance(activations, Tensor) or activations.ndim != ndim or not activations.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a float tensor of shape {shape}, got {_describe(activations)}.")
+        raise TypeError(f"{name} must be a float tensor of shape {shape}, got {describe(activations)}.")
     if not torch.isfinite(activations).all():
         raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
 
 
 def _check_labels(name: str, labels: object, n_rows: int | None, n_classes: int) -> None:
     if not _is_int_tensor(labels) or labels.ndim != 2:
-        raise TypeError(f"{name} must be an integer tensor of shape [n target], got {_describe(labels)}.")
+        raise TypeError(f"{name} must be an integer tensor of shape [n target], got {describe(labels)}.")
     if n_rows is not None and labels.shape[0] != n_rows:
         raise ValueError(f"{name} has {labels.shape[0]} rows but the activations have {n_rows}: give one row of labels per activation.")
     if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
@@ -78,7 +71,7 @@ def _check_labels(name: str, labels: object, n_rows: int | None, n_classes: int)
 
 
 def _check_n_classes(n_classes: object) -> None:
-    if not _is_int(n_classes) or n_classes < 2:
+    if not is_int(n_classes) or n_classes < 2:
         raise ValueError(f"n_classes must be an int of at least 2, got {n_classes!r}.")
 
 
@@ -91,7 +84,7 @@ def residual_stack(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"]) -> 
     stays on the model's device; for many games, call it on chunks and move each to the CPU.
     """
     if not _is_int_tensor(tokens) or tokens.ndim != 2:
-        raise TypeError(f"tokens must be an integer tensor of shape [batch pos], got {_describe(tokens)}.")
+        raise TypeError(f"tokens must be an integer tensor of shape [batch pos], got {describe(tokens)}.")
     n_layers = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
@@ -112,7 +105,7 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_epochs", "patience"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ProbeConfig.lr must be a positive number, got {self.lr}.")
@@ -131,7 +124,7 @@ class LinearProbe(torch.nn.Module):
     def __init__(self, d_model: int, n_targets: int, n_classes: int) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_targets", n_targets), ("n_classes", n_classes)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"LinearProbe needs {name} to be a positive int, got {value!r}.")
         # Logistic regression is convex, so starting from zero loses nothing and needs no seed.
         self.weight = torch.nn.Parameter(torch.zeros(d_model, n_targets, n_classes))
@@ -262,7 +255,7 @@ def control_labels(labels: Int[Tensor, "n target"], types: Int[Tensor, "n"], n_c
     _check_n_classes(n_classes)
     _check_labels("labels", labels, None, n_classes)
     if not _is_int_tensor(types) or types.shape != labels.shape[:1]:
-        raise ValueError(f"types must be an integer tensor with one entry per row of labels ({len(labels)}), got {_describe(types)}.")
+        raise ValueError(f"types must be an integer tensor with one entry per row of labels ({len(labels)}), got {describe(types)}.")
     frequencies = F.one_hot(labels, n_classes).sum(dim=0).float().cpu()  # [target class]
     unique_types, type_of_row = types.cpu().unique(return_inverse=True)
     generator = torch.Generator().manual_seed(seed)
@@ -305,10 +298,10 @@ def class_direction(probe: LinearProbe, target: int, from_class: int, to_class: 
     if not isinstance(probe, LinearProbe):
         raise TypeError(f"probe must be a LinearProbe, got {type(probe).__name__}.")
     _, n_targets, n_classes = probe.weight.shape
-    if not _is_int(target) or not 0 <= target < n_targets:
+    if not is_int(target) or not 0 <= target < n_targets:
         raise ValueError(f"target must be an int in [0, {n_targets}), got {target!r}.")
     for name, value in (("from_class", from_class), ("to_class", to_class)):
-        if not _is_int(value) or not 0 <= value < n_classes:
+        if not is_int(value) or not 0 <= value < n_classes:
             raise ValueError(f"{name} must be an int in [0, {n_classes}), got {value!r}.")
     if from_class == to_class:
         raise ValueError(f"from_class and to_class are both {from_class}; pick two different classes.")
@@ -334,11 +327,11 @@ def steering_hook(
     The hook returns an edited copy; the activation it is given is left as it was.
     """
     if not isinstance(direction, Tensor) or direction.ndim not in (1, 2) or not direction.dtype.is_floating_point:
-        raise TypeError(f"direction must be a float tensor of shape [d_model] or [batch d_model], got {_describe(direction)}.")
+        raise TypeError(f"direction must be a float tensor of shape [d_model] or [batch d_model], got {describe(direction)}.")
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite number, got {scale!r}.")
     if positions is not None and (not _is_int_tensor(positions) or positions.ndim not in (1, 2)):
-        raise TypeError(f"positions must be None or an integer tensor of shape [k] or [batch k], got {_describe(positions)}.")
+        raise TypeError(f"positions must be None or an integer tensor of shape [k] or [batch k], got {describe(positions)}.")
 
     def hook(activation: Float[Tensor, "batch pos d_model"], hook: HookPoint) -> Float[Tensor, "batch pos d_model"]:
         batch, n_pos, d_model = activation.shape

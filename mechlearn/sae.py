@@ -36,6 +36,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
+from mechlearn.validation import describe, is_int
+
 __all__ = [
     "SAEConfig",
     "SAE",
@@ -53,14 +55,6 @@ __all__ = [
 
 KINDS = ("relu", "topk")
 DEAD_REMEDIES = ("resample", "none")
-
-
-def _describe(value: object) -> str:
-    return f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_in", "d_sae", "k", "batch_size", "steps", "dead_window", "log_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SAEConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}.")
@@ -108,7 +102,7 @@ class SAEConfig:
             raise ValueError(f"SAEConfig.l1_coefficient must be a non-negative number, got {self.l1_coefficient}.")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"SAEConfig.lr must be a positive number, got {self.lr}.")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"SAEConfig.seed must be an int, got {self.seed!r}.")
 
 
@@ -172,7 +166,7 @@ def _check_sae(sae: object) -> None:
 
 def _check_activations(name: str, x: object, d_in: int) -> None:
     if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point or x.shape[1] != d_in or len(x) == 0:
-        raise ValueError(f"{name} must be a non-empty float tensor of shape [n {d_in}] (the SAE's d_in), got {_describe(x)}.")
+        raise ValueError(f"{name} must be a non-empty float tensor of shape [n {d_in}] (the SAE's d_in), got {describe(x)}.")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
 
@@ -297,7 +291,7 @@ def _record(sae: SAE, x: Float[Tensor, "batch d_in"], loss: Float[Tensor, ""], s
 def _check_pair(x: object, reconstruction: object) -> None:
     for name, value in (("x", x), ("reconstruction", reconstruction)):
         if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a float tensor of shape [batch d_in], got {_describe(value)}.")
+            raise ValueError(f"{name} must be a float tensor of shape [batch d_in], got {describe(value)}.")
     if x.shape != reconstruction.shape:
         raise ValueError(f"x {tuple(x.shape)} and reconstruction {tuple(reconstruction.shape)} must have the same shape.")
 
@@ -306,7 +300,7 @@ def _check_pair(x: object, reconstruction: object) -> None:
 def l0(latents: Float[Tensor, "batch d_sae"]) -> float:
     """The mean number of active (non-zero) latents per input."""
     if not isinstance(latents, Tensor) or latents.ndim != 2:
-        raise ValueError(f"latents must be a tensor of shape [batch d_sae], got {_describe(latents)}.")
+        raise ValueError(f"latents must be a tensor of shape [batch d_sae], got {describe(latents)}.")
     return (latents != 0).sum(dim=-1).float().mean().item()
 
 
@@ -333,8 +327,8 @@ def explained_variance(x: Float[Tensor, "batch d_in"], reconstruction: Float[Ten
 def dead_fraction(steps_since_fired: Int[Tensor, "d_sae"], dead_window: int) -> float:
     """The fraction of latents that have not fired for at least `dead_window` steps."""
     if not isinstance(steps_since_fired, Tensor) or steps_since_fired.ndim != 1:
-        raise ValueError(f"steps_since_fired must be a tensor of shape [d_sae], got {_describe(steps_since_fired)}.")
-    if not _is_int(dead_window) or dead_window < 1:
+        raise ValueError(f"steps_since_fired must be a tensor of shape [d_sae], got {describe(steps_since_fired)}.")
+    if not is_int(dead_window) or dead_window < 1:
         raise ValueError(f"dead_window must be an int of at least 1, got {dead_window!r}.")
     return (steps_since_fired >= dead_window).float().mean().item()
 
@@ -350,7 +344,7 @@ def mmcs(learned: Float[Tensor, "d_sae d_in"], true: Float[Tensor, "n_true d_in"
     """
     for name, value in (("learned", learned), ("true", true)):
         if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
-            raise ValueError(f"{name} must be a non-empty float tensor of shape [n d_in], got {_describe(value)}.")
+            raise ValueError(f"{name} must be a non-empty float tensor of shape [n d_in], got {describe(value)}.")
     if learned.shape[1] != true.shape[1]:
         raise ValueError(f"learned has d_in={learned.shape[1]} but true has d_in={true.shape[1]}: compare directions in the same space.")
     cosines = F.normalize(true, dim=1) @ F.normalize(learned.to(true), dim=1).T  # [n_true d_sae]
@@ -408,11 +402,11 @@ class SparseFeatureData:
 
     def __post_init__(self) -> None:
         for name in ("n_features", "d_model"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SparseFeatureData.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
         if not 0 < self.features_per_input <= self.n_features:
             raise ValueError(f"SparseFeatureData.features_per_input must lie in (0, n_features={self.n_features}], got {self.features_per_input}.")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"SparseFeatureData.seed must be an int, got {self.seed!r}.")
 
     def dictionary(self) -> Float[Tensor, "n_features d_model"]:
@@ -422,7 +416,7 @@ class SparseFeatureData:
 
     def sample(self, n: int, generator: torch.Generator) -> Float[Tensor, "n d_model"]:
         """`n` inputs drawn with `generator` (a CPU generator; move the result to your device)."""
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"n must be an int of at least 1, got {n!r}.")
         active = torch.rand(n, self.n_features, generator=generator) < self.features_per_input / self.n_features
         coefficients = torch.rand(n, self.n_features, generator=generator) * active

@@ -24,6 +24,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechlearn.validation import describe, is_int
+
 __all__ = [
     "ToyModelConfig",
     "ToyModel",
@@ -42,14 +44,6 @@ __all__ = [
 ]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _describe(value: object) -> str:
-    return f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-
-
 @dataclass(frozen=True)
 class ToyModelConfig:
     """The shape of a batch of toy models: `n_instances` independent models of `n_features` in `n_hidden` dimensions."""
@@ -60,7 +54,7 @@ class ToyModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_hidden", "n_instances"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ToyModelConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
 
 
@@ -142,11 +136,11 @@ class ToyTrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ToyTrainConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ToyTrainConfig.lr must be a positive number, got {self.lr}.")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"ToyTrainConfig.seed must be an int, got {self.seed!r}.")
 
 
@@ -155,7 +149,7 @@ def _per_instance(name: str, values: object, config: ToyModelConfig) -> Float[Te
     shape = (config.n_instances, config.n_features)
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point:
         raise TypeError(f"{name} must be a float tensor that broadcasts to [instance feature] = {shape}, "
-                        f"got {_describe(values)}.")
+                        f"got {describe(values)}.")
     try:
         return values.expand(shape)
     except RuntimeError:
@@ -210,7 +204,7 @@ def train_toy_model(
 
 def _check_W(W: object) -> None:
     if not isinstance(W, Tensor) or W.ndim != 3 or not W.dtype.is_floating_point:
-        raise TypeError(f"W must be a float tensor of shape [instance hidden feature] (a ToyModel's W), got {_describe(W)}.")
+        raise TypeError(f"W must be a float tensor of shape [instance hidden feature] (a ToyModel's W), got {describe(W)}.")
 
 
 def represented(W: Float[Tensor, "instance hidden feature"], threshold: float = 0.5) -> Bool[Tensor, "instance feature"]:
@@ -295,12 +289,12 @@ def phase_diagram(
     """
     for name, values in (("relative_importance", relative_importance), ("feature_density", feature_density)):
         if not isinstance(values, Tensor) or values.ndim != 1 or len(values) == 0 or not values.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a non-empty 1-D float tensor, got {_describe(values)}.")
+            raise TypeError(f"{name} must be a non-empty 1-D float tensor, got {describe(values)}.")
     if not (relative_importance > 0).all():
         raise ValueError("relative_importance must be positive (e.g. torch.logspace(-1, 1, 6)).")
     if not ((feature_density > 0) & (feature_density <= 1)).all():
         raise ValueError("feature_density must lie in (0, 1] (e.g. torch.logspace(-2, 0, 6)).")
-    if not _is_int(restarts) or restarts < 1:
+    if not is_int(restarts) or restarts < 1:
         raise ValueError(f"restarts must be a positive int, got {restarts!r}.")
     n_r, n_d = len(relative_importance), len(feature_density)
     device = relative_importance.device
