@@ -26,15 +26,6 @@ TINY = zoo.Recipe(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many times faster on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny_recipe(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "tiny-sort": TINY})
