@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import itertools
 import math
 from typing import Sequence
 
@@ -10,6 +12,7 @@ import ipywidgets as widgets
 from IPython.display import display
 import plotly.express as px
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 import torch
@@ -19,6 +22,7 @@ from transformer_lens.ActivationCache import ActivationCache
 
 from mechlearn.superposition import PHASE_NAMES, interference
 from mechlearn.tasks.othello import BLACK, WHITE, OthelloTask
+from mechlearn.validation import describe, is_int
 
 
 def plot_training_history(
@@ -111,6 +115,11 @@ _DEFAULT_PX = 320
 _DISC_COLOURS = {"black": "#111111", "white": "#f4f4f4"}
 _OTHER_CLASS_COLOURS = ("#ff9f1c", "#4cc9f0")
 _PLAYER_NAMES = {BLACK: "Black", WHITE: "White"}
+# plotly_white cut down to the trace types a board draws. A figure validates its whole template when it is
+# built, and the full one (defaults for every trace type) took most of a board's build time.
+_WHITE = pio.templates["plotly_white"]
+_BOARD_TEMPLATE = go.layout.Template(layout=_WHITE.layout, data=dict(scatter=_WHITE.data.scatter,
+                                                                     heatmap=_WHITE.data.heatmap))
 
 
 def _board_side(values: Tensor, name: str, per_cell: tuple[int, ...] = ()) -> int:
@@ -157,22 +166,31 @@ def _board_figure(traces: list, side: int, title: str, px: int, colorbar: bool =
     grid = [dict(type="line", x0=k - 0.5, x1=k - 0.5, y0=-0.5, y1=side - 0.5) for k in range(side + 1)]
     grid += [dict(type="line", x0=-0.5, x1=side - 0.5, y0=k - 0.5, y1=k - 0.5) for k in range(side + 1)]
     board_px = px - _MARGIN["l"] - _MARGIN["r"]
-    figure = go.Figure(traces)
-    figure.update_layout(
+    # constrain="domain" shrinks the plot area to the square board instead of padding it with green.
+    axis = dict(tickvals=list(range(side)), showgrid=False, zeroline=False, fixedrange=True, ticks="",
+                constrain="domain")
+    # The whole layout in one call: every update_layout validates again, and the feature browser draws many boards.
+    return go.Figure(traces, layout=dict(
         # Just above the column letters, below the modebar that plotly puts at the top right.
         title=dict(text=title, x=0, xref="paper", y=1, yref="paper", yanchor="bottom", pad=dict(b=24), font_size=14),
         width=px + (_COLORBAR_PX if colorbar else 0), height=board_px + _MARGIN["t"] + _MARGIN["b"],
         margin=dict(_MARGIN, r=_MARGIN["r"] + (_COLORBAR_PX if colorbar else 0)),
-        plot_bgcolor=_BOARD_GREEN, template="plotly_white",
+        plot_bgcolor=_BOARD_GREEN, template=_BOARD_TEMPLATE,
         shapes=[dict(line=dict(color=_GRID_COLOUR, width=2), layer="below", **line) for line in grid],
         legend=dict(orientation="h", x=0.5, xanchor="center", y=0, yanchor="top", font_size=11),
+        xaxis=dict(axis, range=[-0.5, side - 0.5], ticktext=list("ABCDEFGH"[:side]), side="top"),
+        yaxis=dict(axis, range=[side - 0.5, -0.5], ticktext=[str(row + 1) for row in range(side)],
+                   scaleanchor="x", scaleratio=1),
+    ))
+
+
+def _cell_heatmap(values: Float[Tensor, "cell"], side: int, hover: Sequence[str], name: str, **colour) -> go.Heatmap:
+    """`values` as the board's cells, `hover` on each, coloured as `colour` says (colorscale, zmin, zmax)."""
+    return go.Heatmap(
+        z=einops.rearrange(values, "(row col) -> row col", row=side).tolist(),
+        hovertext=[hover[row * side:(row + 1) * side] for row in range(side)], hoverinfo="text", xgap=2, ygap=2,
+        colorbar=dict(title=name, thickness=12, len=0.8), showscale=True, name=name, **colour,
     )
-    # constrain="domain" shrinks the plot area to the square board instead of padding it with green.
-    axis = dict(tickvals=list(range(side)), showgrid=False, zeroline=False, fixedrange=True, ticks="",
-                constrain="domain")
-    figure.update_xaxes(axis, range=[-0.5, side - 0.5], ticktext=list("ABCDEFGH"[:side]), side="top")
-    return figure.update_yaxes(axis, range=[side - 0.5, -0.5], ticktext=[str(row + 1) for row in range(side)],
-                               scaleanchor="x", scaleratio=1)
 
 
 def plot_board(
@@ -269,12 +287,8 @@ def plot_move_predictions(
     px, names = size or _DEFAULT_PX, _cell_names(side)
     hover = [f"{name}: P = {p:.3f}, {'legal' if ok else 'illegal'}"
              for name, p, ok in zip(names, probabilities.tolist(), legal.tolist())]
-    heatmap = go.Heatmap(
-        z=einops.rearrange(probabilities, "(row col) -> row col", row=side).tolist(),
-        hovertext=[hover[row * side:(row + 1) * side] for row in range(side)],
-        hoverinfo="text", colorscale="Blues", zmin=0, zmax=max(probabilities.max().item(), 1e-6), xgap=2, ygap=2,
-        colorbar=dict(title="P(move)", thickness=12, len=0.8), showscale=True, name="P(move)",
-    )
+    heatmap = _cell_heatmap(probabilities, side, hover, "P(move)", colorscale="Blues", zmin=0,
+                            zmax=max(probabilities.max().item(), 1e-6))
     cells = legal.nonzero()[:, 0]
     outlines = _cell_markers(cells, side, px, "legal move", [hover[c] for c in cells], scale=0.9,
                              symbol="square-open", color="#ff7f0e", line=dict(width=3))
@@ -306,6 +320,13 @@ def plot_probe_accuracy_by_layer(
     figure.update_layout(title=title, template="plotly_white", width=640, height=380, yaxis_title="accuracy")
     figure.update_xaxes(tickvals=layers, ticktext=["embed", *(f"after block {l}" for l in layers[:-1])])
     return figure.update_yaxes(range=[0, 1.02])
+
+
+def _step_button(control: widgets.ValueWidget, label: str, step: int) -> widgets.Button:
+    """A button that moves a bounded integer control by `step`; the control clamps, so either end stays put."""
+    button = widgets.Button(description=label, layout=dict(width="40px"))
+    button.on_click(lambda _: setattr(control, "value", control.value + step))
+    return button
 
 
 class OthelloExplorer(widgets.VBox):
@@ -341,11 +362,7 @@ class OthelloExplorer(widgets.VBox):
         self.states = task.replay(self.tokens[None])
         n_moves = int((self.tokens < n_cells).sum())
         self.position = widgets.IntSlider(min=0, max=n_moves, description="position")
-        self.previous = widgets.Button(description="◀", layout=dict(width="40px"))
-        self.next = widgets.Button(description="▶", layout=dict(width="40px"))
-        # The slider clamps its value, so stepping past either end stays there.
-        self.previous.on_click(lambda _: setattr(self.position, "value", self.position.value - 1))
-        self.next.on_click(lambda _: setattr(self.position, "value", self.position.value + 1))
+        self.previous, self.next = _step_button(self.position, "◀", -1), _step_button(self.position, "▶", 1)
         self.caption = widgets.HTML()
         self.outputs = [widgets.Output() for _ in range(2 if probe_probabilities is None else 3)]
         self.position.observe(lambda _: self.redraw(), names="value")
@@ -562,4 +579,198 @@ def plot_feature_dimensionality(
                          margin=dict(r=150), showlegend=False)
     figure.update_xaxes(type="log", title="1 / feature density", dtick=1)
     return figure.update_yaxes(title="dimensionality", range=[-0.05, 1.1])
-    return figure
+
+
+# --- Sparse autoencoders (chapter 06) --------------------------------------------------------------
+
+_HISTOGRAM_BINS = 40
+_SMALL_BOARD_PX = 200
+
+
+def plot_cell_values(
+    values: Float[Tensor, "cell"],
+    title: str = "",
+    size: int | None = None,
+    colorscale: str = "RdBu",
+    zmid: float | None = 0.0,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorbar_title: str = "",
+) -> go.Figure:
+    """One number per cell as a heatmap on the board, e.g. a latent's effect on each move's logit (chapter 06).
+
+    With `zmid` (default 0) the colour range is symmetric around it, reaching the value farthest
+    from it, so a diverging scale shows zmid as white: with "RdBu", blue cells are raised and red
+    ones lowered. With `zmid=None` the range runs from the smallest value to the largest, for a
+    sequential scale (e.g. each cell's best F1 with colorscale="Viridis", zmin=0, zmax=1).
+    A `zmin` or `zmax` you pass replaces the one computed.
+    """
+    side = _board_side(values, "values")
+    values = values.detach().cpu().float()
+    if not values.isfinite().all():
+        raise ValueError("values must be finite: replace NaN and inf (e.g. with torch.nan_to_num) before plotting.")
+    if zmid is None:
+        low, high = values.min().item(), values.max().item()
+    else:  # the floor keeps a colour range when every value equals zmid
+        reach = max((values - zmid).abs().max().item(), 1e-6)
+        low, high = zmid - reach, zmid + reach
+    low, high = low if zmin is None else zmin, high if zmax is None else zmax
+    if low > high:
+        raise ValueError(f"the colour range runs from zmin={low:.3g} to zmax={high:.3g}: pass zmin below zmax.")
+    hover = [f"{name}: {value:.3g}" for name, value in zip(_cell_names(side), values.tolist())]
+    heatmap = _cell_heatmap(values, side, hover, colorbar_title, colorscale=colorscale, zmin=low, zmax=high)
+    return _board_figure([heatmap], side, title, size or _DEFAULT_PX, colorbar=True)
+
+
+def plot_dictionary_size_sweep(
+    sizes: Sequence[int], series: dict[str, Sequence[float]], n_true: int, title: str = "Dictionary size sweep"
+) -> go.Figure:
+    """How SAE latents match known features as the dictionary grows, one line per series (chapter 06).
+
+    For SAEs trained on `SparseFeatureData` with `n_true` features at each dictionary size d_sae in
+    `sizes`: e.g. MMCS (Sharkey et al. 2022, Figure 3), the fraction of true features split over two
+    or more latents (feature splitting; Bricken et al. 2023, "Feature Splitting") and the fraction
+    of latents that merge two or more features. The dashed line marks n_true: a smaller dictionary
+    cannot give every feature a latent of its own, so features must merge.
+    """
+    sizes = list(sizes)
+    if not sizes or not all(is_int(s) and s > 0 for s in sizes) or sorted(set(sizes)) != sizes:
+        raise ValueError(f"sizes must be increasing positive integers (the dictionary sizes d_sae), got {sizes}.")
+    if not series or any(len(values) != len(sizes) for values in series.values()):
+        raise ValueError(f"series must map each name to one value per size ({len(sizes)} values), got lengths "
+                         f"{[len(values) for values in series.values()]}.")
+    if any(not 0 <= value <= 1 for values in series.values() for value in values):
+        raise ValueError("series values must be fractions in [0, 1], such as MMCS or a share of features or latents.")
+    if not is_int(n_true) or n_true <= 0:
+        raise ValueError(f"n_true must be a positive integer, the number of true features, got {n_true!r}.")
+    figure = go.Figure([go.Scatter(x=sizes, y=list(values), name=name, mode="lines+markers",
+                                   hovertemplate=f"d_sae %{{x}}: {name} %{{y:.3f}}<extra></extra>")
+                        for name, values in series.items()])
+    # A line trace, not add_vline: it stays in data coordinates on the log axis and labels itself in the legend.
+    figure.add_trace(go.Scatter(x=[n_true, n_true], y=[0, 1], name="n true features", mode="lines",
+                                line=dict(dash="dash", color="grey"),
+                                hovertemplate=f"{n_true} true features<extra></extra>"))
+    figure.update_layout(title=title, template="plotly_white", width=680, height=400, yaxis_title="fraction")
+    # A log axis with a tick at each size: doubling sizes sit evenly spaced, as on a log2 axis.
+    figure.update_xaxes(type="log", tickvals=sizes, ticktext=[str(s) for s in sizes], title="dictionary size d_sae")
+    return figure.update_yaxes(range=[0, 1.02])
+
+
+def _check_shape(name: str, value: object, shape: tuple[int, ...], meaning: str) -> None:
+    if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} ({meaning}), got {describe(value)}.")
+
+
+def _activation_histogram(activations: Float[Tensor, "n_active"], highest: float) -> go.Figure:
+    """Counts of one latent's non-zero activations, binned on its own device so only the counts travel."""
+    width = max(highest, 1e-6) / _HISTOGRAM_BINS
+    counts = torch.histc(activations.float(), bins=_HISTOGRAM_BINS, min=0, max=width * _HISTOGRAM_BINS).cpu()
+    bars = go.Bar(x=((torch.arange(_HISTOGRAM_BINS) + 0.5) * width).tolist(), y=counts.tolist(), width=width,
+                  marker_color="#4c78a8", hovertemplate="act %{x:.3g}: %{y} positions<extra></extra>")
+    return go.Figure(bars, layout=dict(
+        title=f"{len(activations):,} non-zero activations", template="plotly_white", width=320, height=300,
+        margin=dict(l=50, r=10, t=50, b=40), bargap=0, xaxis_title="activation",
+        yaxis=dict(type="log", title="positions"),
+    ))
+
+
+class FeatureBrowser(widgets.VBox):
+    """Browse the latents of an SAE trained on the Othello model's residual stream (chapter 06).
+
+    Takes precomputed tensors, so browsing never runs a model. For n positions: `boards` and
+    `legal` (`states.boards` and `states.legal`, flattened to [n cell]), `latents` (the SAE's
+    activations there, `sae.encode(resid)`), and per latent its `logit_effect` on each move
+    (e.g. its decoder row times the unembedding of the cells). `players` (1 black, -1 white,
+    0 game over) names who is to move on each board; `descriptions` give each latent a line,
+    such as its best-matching board feature.
+
+    For the latent picked it shows how often and how strongly it fires, the histogram of its
+    non-zero activations, its logit effect on the board, and the `n_top` positions where it
+    fires most (as in Bricken et al. 2023, "Towards Monosemanticity", the feature browser).
+    """
+
+    def __init__(
+        self,
+        boards: Int[Tensor, "n cell"],
+        legal: Bool[Tensor, "n cell"],
+        latents: Float[Tensor, "n d_sae"],
+        logit_effect: Float[Tensor, "d_sae cell"],
+        players: Int[Tensor, "n"] | None = None,
+        descriptions: Sequence[str] | None = None,
+        n_top: int = 6,
+        latent: int = 0,
+    ):
+        if not isinstance(boards, Tensor) or boards.ndim != 2:
+            raise ValueError(f"boards must be a [n cell] tensor (states.boards flattened over row and col), "
+                             f"got {describe(boards)}.")
+        _board_side(boards[0], "each board")
+        n, n_cells = boards.shape
+        if not isinstance(latents, Tensor) or latents.ndim != 2 or len(latents) != n:
+            raise ValueError(f"latents must have shape [n d_sae] with n = {n}, one row per board, "
+                             f"got {describe(latents)}.")
+        d_sae = latents.shape[1]
+        _check_shape("legal", legal, (n, n_cells), "one row of legal moves per board")
+        _check_shape("logit_effect", logit_effect, (d_sae, n_cells), "per latent, its effect on each move's logit")
+        if players is not None:
+            _check_shape("players", players, (n,), "the player to move at each board")
+            if not set(players.unique().tolist()) <= {BLACK, WHITE, 0}:
+                raise ValueError("players must hold 1 (black), -1 (white) or 0 (game over), as GameStates.players "
+                                 "does.")
+        if descriptions is not None and len(descriptions) != d_sae:
+            raise ValueError(f"descriptions has {len(descriptions)} lines but there are {d_sae} latents; "
+                             "give one each.")
+        if latents.min() < 0:
+            raise ValueError("latents must be non-negative, as an SAE's activations after its ReLU are.")
+        if not is_int(n_top) or n_top <= 0:
+            raise ValueError(f"n_top must be a positive integer, the number of top positions to draw, got {n_top!r}.")
+        if not is_int(latent) or not 0 <= latent < d_sae:
+            raise ValueError(f"latent must be an index in [0, {d_sae}), got {latent!r}.")
+        self.boards, self.legal, self.latents, self.logit_effect = boards, legal, latents, logit_effect
+        self.players, self.descriptions, self.n_top = players, descriptions, n_top
+        # One pass over all latents now, so a redraw reads two numbers instead of scanning n positions.
+        self.fire_fraction = (latents > 0).float().mean(dim=0).cpu()
+        self.max_activation = latents.max(dim=0).values.float().cpu()
+        self.latent = widgets.BoundedIntText(value=latent, min=0, max=d_sae - 1, description="latent",
+                                             layout=dict(width="180px"))
+        self.previous, self.next = _step_button(self.latent, "◀", -1), _step_button(self.latent, "▶", 1)
+        self.caption = widgets.HTML()
+        self.outputs = [widgets.Output() for _ in range(2 + n_top)]
+        self.latent.observe(lambda _: self.redraw(), names="value")
+        top_row = widgets.HBox(self.outputs[2:], layout=dict(flex_flow="row wrap"))
+        super().__init__([widgets.HBox([self.previous, self.latent, self.next]), self.caption,
+                          widgets.HBox(self.outputs[:2]), top_row])
+        self.redraw()
+
+    def describe(self, latent: int) -> str:
+        """The caption: the latent, its description, how often it fires and how strongly."""
+        description = f" · {html.escape(self.descriptions[latent])}" if self.descriptions is not None else ""
+        n, fraction = len(self.latents), self.fire_fraction[latent].item()
+        if fraction == 0:
+            return f"<b>Latent {latent}</b>{description} · dead: it never fires on these {n:,} positions."
+        return (f"<b>Latent {latent}</b>{description} · fires on {fraction:.2%} of {n:,} positions, "
+                f"max activation {self.max_activation[latent].item():.3g}")
+
+    def _board_title(self, activation: float, position: int) -> str:
+        if self.players is None:
+            return f"act {activation:.2f}"
+        player = int(self.players[position])
+        return f"act {activation:.2f} · " + (f"{_PLAYER_NAMES[player].lower()} to move" if player else "game over")
+
+    def redraw(self) -> None:
+        latent = self.latent.value
+        activations = self.latents[:, latent]
+        active = activations[activations > 0]
+        # Only positions where the latent fires: a dead latent gets no boards.
+        top = activations.topk(min(self.n_top, len(active)))
+        boards = [plot_board(self.boards[p], self.legal[p], title=self._board_title(a, p), size=_SMALL_BOARD_PX)
+                  .update_layout(showlegend=False)
+                  for a, p in zip(top.values.tolist(), top.indices.tolist())]
+        effect = plot_cell_values(self.logit_effect[latent], title="Effect on each move's logit", size=260,
+                                  colorbar_title="Δ logit")
+        self.figures = [_activation_histogram(active, self.max_activation[latent].item()), effect, *boards]
+        self.caption.value = self.describe(latent)
+        for output, figure in itertools.zip_longest(self.outputs, self.figures):
+            output.clear_output(wait=figure is not None)  # wait=True would keep a stale board when none follows
+            if figure is not None:
+                with output:
+                    display(figure)
