@@ -14,8 +14,8 @@ with `--saelens-worker`), which writes its timing as JSON and its trained weight
 is why the mechlearn imports sit inside the functions that need them.
 
 Speed: activations per second over a whole training run, timed after a short warm-up
-run of the same trainer. Compute: a forward pass counts as 2 matmuls of
-2 * batch * d_in * d_sae FLOPs and a training step as 3 forward passes, compared with the
+run of the same trainer. Compute: a training step counts as the 5 matmuls of
+2 * batch * d_in * d_sae FLOPs that it needs (see `Run.flops_per_step`), compared with the
 FLOP/s of a large fp32 matmul timed in the same run. Quality at equal compute: explained
 variance and L0 of both trained SAEs on activations from other games, both measured by
 mechlearn.sae.
@@ -65,8 +65,10 @@ class Run:
 
     @property
     def flops_per_step(self) -> int:
-        """A forward pass is 2 matmuls (encoder, decoder) of 2 * batch * d_in * d_sae FLOPs; a training step, 3 forwards."""
-        return 3 * 2 * 2 * self.batch_size * self.d_in * self.d_sae
+        """5 matmuls of 2 * batch * d_in * d_sae FLOPs: the encoder and decoder forward, then the gradients of the
+        decoder's weights and input and of the encoder's weights. Nothing needs the gradient of the data, so the
+        usual "backward = 2 forwards" would count one matmul too many."""
+        return 5 * 2 * self.batch_size * self.d_in * self.d_sae
 
 
 # The SAELens side: runs in benchmarks/.venv-saelens, where mechlearn cannot be imported.

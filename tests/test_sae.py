@@ -19,6 +19,7 @@ from mechlearn.sae import (
     mse,
     resample_dead_latents,
     sae_loss,
+    score_latents,
     train_sae,
 )
 from mechlearn.train import next_token_loss
@@ -92,7 +93,8 @@ def test_init_is_seeded_with_unit_decoder_rows_and_a_tied_encoder() -> None:
     sae = SAE(SAEConfig(d_in=8, d_sae=16))
     assert sae.W_enc.shape == (8, 16) and sae.W_dec.shape == (16, 8) and sae.b_enc.shape == (16,) and sae.b_dec.shape == (8,)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(16))
-    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    torch.testing.assert_close(sae.W_enc, 0.1 * sae.W_dec.T)  # ReLU: a small tied encoder
+    torch.testing.assert_close(SAE(SAEConfig(d_in=8, d_sae=16, kind="topk")).W_enc, sae.W_dec.T)
     assert not sae.b_enc.any() and not sae.b_dec.any()
     torch.testing.assert_close(SAE(SAEConfig(d_in=8, d_sae=16)).W_dec, sae.W_dec)
     assert not torch.allclose(SAE(SAEConfig(d_in=8, d_sae=16, seed=1)).W_dec, sae.W_dec)
@@ -339,3 +341,47 @@ def test_sparse_feature_data_are_sparse_non_negative_combinations_of_a_seeded_di
 def test_sparse_feature_data_rejects_bad_fields(fields, message) -> None:
     with pytest.raises(ValueError, match=message):
         SparseFeatureData(**fields)
+
+
+# --- scoring latents against known properties ------------------------------------------------
+
+
+def test_score_latents_finds_planted_detectors() -> None:
+    generator = torch.Generator().manual_seed(0)
+    properties = torch.rand(2000, 3, generator=generator) < 0.3
+    latents = 0.05 * torch.rand(2000, 4, generator=generator)  # background noise below 10 % of a detector's peak
+    latents[:, 2] += properties[:, 0].float()  # a perfect detector of property 0
+    latents[:, 3] += 2 * (properties[:, 1] | properties[:, 2]).float()  # fires for either of 1 and 2
+    scores = score_latents(latents, properties)
+    assert scores.f1.shape == (4, 3)
+    best = scores.best()
+    assert best.latent.tolist() == [2, 3, 3]
+    assert best.f1[0] == 1 and best.precision[0] == 1 and best.recall[0] == 1
+    union = (properties[:, 1] | properties[:, 2]).float().sum()
+    expected_precision = properties[:, 1].float().sum() / union  # it fires on the union, so precision is the share of property 1
+    torch.testing.assert_close(best.precision[1], expected_precision)
+    assert best.recall[1] == 1
+    assert 0.1 <= scores.threshold[2, 0] < 1  # above the noise
+    assert scores.captured(0.8).tolist() == [True, False, False]
+    assert scores.coverage() == pytest.approx(best.f1.mean().item())
+
+
+def test_score_latents_prefers_the_threshold_with_the_best_f1() -> None:
+    properties = torch.tensor([True, True, False, False])[:, None]
+    latents = torch.tensor([1.0, 0.6, 0.3, 0.0])[:, None]  # fires on a false row unless thresholded above 0.3
+    scores = score_latents(latents, properties, thresholds=(0.0, 0.5))
+    assert scores.f1.item() == 1 and scores.threshold.item() == 0.5
+    assert score_latents(latents, properties, thresholds=(0.0,)).f1.item() == pytest.approx(2 * 2 / (3 + 2))
+
+
+def test_score_latents_checks_its_inputs() -> None:
+    latents, properties = torch.rand(10, 4), torch.rand(10, 3) < 0.5
+    properties[:, 1] = False
+    with pytest.raises(ValueError, match=r"properties \[1\] never hold"):
+        score_latents(latents, properties)
+    with pytest.raises(ValueError, match="bool"):
+        score_latents(latents, properties.float())
+    with pytest.raises(ValueError, match="one row per input"):
+        score_latents(latents, properties[:5])
+    with pytest.raises(ValueError, match="latents"):
+        score_latents(latents.long(), properties)

@@ -27,7 +27,7 @@ LOG_ENV_VAR = "MECHLEARN_CHECK_LOG"
 
 # Frames in these places are never the learner's code, so they are skipped when
 # pointing at the line that raised.
-_CHECKS_DIR = Path(__file__).resolve().parent
+_MECHLEARN_DIR = Path(__file__).resolve().parent.parent  # the checks and the library the learner calls
 _STDLIB_DIR = Path(sysconfig.get_paths()["stdlib"]).resolve()
 _LIBRARY_DIR_NAMES = {"site-packages", "dist-packages"}
 
@@ -112,10 +112,10 @@ def _learner_location(error: BaseException) -> str:
 
 
 def _is_learner_file(filename: str) -> bool:
-    """False for the checker itself, the standard library and installed packages such as torch."""
+    """False for mechlearn (the checks and the library), the standard library and installed packages such as torch."""
     path = Path(filename).resolve()
     in_library = path.is_relative_to(_STDLIB_DIR) or bool(_LIBRARY_DIR_NAMES & set(path.parts))
-    return not (in_library or path.is_relative_to(_CHECKS_DIR))
+    return not (in_library or path.is_relative_to(_MECHLEARN_DIR))
 
 
 # --- comparing tensors ------------------------------------------------------------------
