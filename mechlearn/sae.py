@@ -19,8 +19,12 @@ performance survives when its activation is replaced by the reconstruction.
 
 Everything runs on the device of the SAE's parameters. The trainer is written for speed:
 minibatches are indexed from a tensor already on the device, the loop waits for the device
-only at log steps, and a step costs the six [batch d_in] x [d_in d_sae]-sized matmuls of
-forward and backward plus a handful of elementwise passes (TopK adds its `topk`).
+only at log steps, and the objective (`sae_loss`) has backward passes written by hand so that
+a step spends its time in matmuls. A ReLU step computes the five [batch d_in] x [d_in d_sae]
+matmuls it needs (encoder and decoder forward; the gradients of the decoder's weights and
+input and of the encoder's weights: the data need none) and three passes over its
+[batch d_sae] latents (`_ReLUAutoencoder`). A TopK step decodes only the k active latents
+of each input, so that two such matmuls and its `topk` are most of its cost (`_TopKAutoencoder`).
 """
 
 from __future__ import annotations
@@ -133,9 +137,12 @@ class SAE(torch.nn.Module):
 
     def pre_activations(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         """`(x - b_dec) @ W_enc + b_enc`, the encoder's input before its activation function."""
+        return torch.addmm(self._encoder_bias(), x, self.W_enc)
+
+    def _encoder_bias(self) -> Float[Tensor, "d_sae"]:
         # Folding b_dec into the bias gives the same numbers, and spares the backward pass a
         # full [batch d_sae] x [d_sae d_in] matmul for b_dec's gradient through x - b_dec.
-        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)
+        return self.b_enc - self.b_dec @ self.W_enc
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         """The latents: the ReLU of the pre-activations, or (TopK) of each row's k largest, the rest set to zero."""
@@ -172,13 +179,118 @@ def _check_sae(sae: object) -> None:
 def _check_activations(name: str, x: object, d_in: int) -> None:
     if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point or x.shape[1] != d_in or len(x) == 0:
         raise ValueError(f"{name} must be a non-empty float tensor of shape [n {d_in}] (the SAE's d_in), got {describe(x)}.")
-    if not torch.isfinite(x).all():
+    # A sum is finite iff every entry is, unless it overflows; it is ten times faster than isfinite(x).all().
+    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
 
 
 def _squared_error(x: Float[Tensor, "batch d_in"], reconstruction: Float[Tensor, "batch d_in"]) -> Float[Tensor, ""]:
     """Squared error summed over d_in and averaged over inputs (as Anthropic and SAELens do)."""
-    return (reconstruction - x).pow(2).sum(dim=-1).mean()
+    return F.mse_loss(reconstruction, x, reduction="sum") / len(x)  # one fused pass, forward and backward
+
+
+def _append_ones(x: Float[Tensor, "batch d"]) -> Float[Tensor, "batch d+1"]:
+    """`x` with a column of ones, so that `_append_ones(x) @ cat([W, b[None]])` is `x @ W + b`.
+
+    The bias then rides inside the matmul instead of costing a pass of its own, and its
+    gradient comes out of the weight-gradient matmul (the last row of `_append_ones(x).T @ grad`).
+    """
+    return torch.cat([x, x.new_ones(len(x), 1)], dim=1)
+
+
+class _ReLUAutoencoder(torch.autograd.Function):
+    """A ReLU SAE's reconstruction and activity (its latents summed over the batch), with a backward pass by hand.
+
+    Forward: `z = relu(x @ W_enc + bias)`, `r = z @ W_dec + b_dec`, `a = z.sum(0)`. Backward, from the
+    loss's gradients `dr` and `da`: `dz = dr @ W_dec.T + da` (the same `da` added to every input's row),
+    `dpre = dz` where `z > 0` and 0 elsewhere, then `dW_enc = x.T @ dpre`, `dbias = dpre.sum(0)`,
+    `dW_dec = z.T @ dr`, `db_dec = dr.sum(0)` and `dx = dpre @ W_enc.T`. Plain autograd computes the
+    same; written out, `bias` and `da` ride inside the matmuls (`_append_ones`), and the only passes
+    over [batch d_sae] are the ReLU, its derivative and the sum `a`.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Float[Tensor, "batch d_in"],
+        W_enc: Float[Tensor, "d_in d_sae"],
+        bias: Float[Tensor, "d_sae"],
+        W_dec: Float[Tensor, "d_sae d_in"],
+        b_dec: Float[Tensor, "d_in"],
+    ) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "d_sae"]]:
+        x1 = _append_ones(x)
+        latents = (x1 @ torch.cat([W_enc, bias[None]])).relu_()  # in place: the pre-activations are not needed again
+        ctx.save_for_backward(x1, W_enc, W_dec, latents)
+        return torch.addmm(b_dec, latents, W_dec), latents.T @ x.new_ones(len(x))  # faster than latents.sum(0)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx,
+        grad_reconstruction: Float[Tensor, "batch d_in"],
+        grad_activity: Float[Tensor, "d_sae"],
+    ) -> tuple[Tensor | None, ...]:
+        x1, W_enc, W_dec, latents = ctx.saved_tensors
+        grad_latents = _append_ones(grad_reconstruction) @ torch.cat([W_dec.T, grad_activity[None]])
+        # ReLU's own backward (dz where z > 0, 0 elsewhere), in place: dz is not needed again.
+        grad_pre = torch.ops.aten.threshold_backward.grad_input(grad_latents, latents, 0, grad_input=grad_latents)
+        grad_W1 = x1.T @ grad_pre  # [d_in + 1, d_sae]: W_enc's gradient, then the bias's
+        grad_W_dec = (grad_reconstruction.T @ latents).T  # computed transposed: the faster layout on CPUs
+        grad_x = grad_pre @ W_enc.T if ctx.needs_input_grad[0] else None
+        return grad_x, grad_W1[:-1], grad_W1[-1], grad_W_dec, grad_reconstruction.sum(dim=0)
+
+
+class _TopKAutoencoder(torch.autograd.Function):
+    """A TopK SAE's reconstruction and activity, computed on the k active latents of each input only.
+
+    Forward: `v, i` = the values (after a ReLU) and indices of the k largest of `x @ W_enc + bias` in
+    each row, and `r[b] = sum_s v[b, s] W_dec[i[b, s]] + b_dec`: an `embedding_bag` of k decoder rows
+    per input, not a [batch d_sae] x [d_sae d_in] matmul of mostly zeros. Backward, from `dr`:
+    `dv[b, s] = dr[b] . W_dec[i[b, s]]` where `v > 0` and 0 elsewhere (latents not kept get nothing);
+    then, summing over the pairs (b, s) of latent j, `dW_dec[j] = sum v[b, s] dr[b]`, `dW_enc[:, j] =
+    sum dv[b, s] x[b]` and `dbias[j] = sum dv[b, s]`; `db_dec = dr.sum(0)`, `dx[b] = sum_s dv[b, s] W_enc[:, i[b, s]]`.
+    Sorted by latent, the pairs form one bag per latent, so those sums are embedding bags too.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Float[Tensor, "batch d_in"],
+        W_enc: Float[Tensor, "d_in d_sae"],
+        bias: Float[Tensor, "d_sae"],
+        W_dec: Float[Tensor, "d_sae d_in"],
+        b_dec: Float[Tensor, "d_in"],
+        k: int,
+    ) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "d_sae"]]:
+        x1 = _append_ones(x)
+        values, indices = (x1 @ torch.cat([W_enc, bias[None]])).topk(k, dim=-1, sorted=False)
+        values.relu_()
+        reconstruction = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum").add_(b_dec)
+        activity = values.new_zeros(len(W_dec)).index_add_(0, indices.flatten(), values.flatten())
+        ctx.mark_non_differentiable(activity)  # a TopK SAE's loss has no L1 term
+        ctx.save_for_backward(x1, W_enc, W_dec, values, indices)
+        return reconstruction, activity
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_reconstruction: Float[Tensor, "batch d_in"], _: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x1, W_enc, W_dec, values, indices = ctx.saved_tensors
+        # A dense matmul, then the k entries: gathering k decoder rows per input is slower on a CPU.
+        grad_values = (grad_reconstruction @ W_dec.T).gather(1, indices).mul_(values > 0)
+        latents = indices.flatten()
+        order = latents.argsort(stable=True)  # the pairs (b, s), grouped by latent
+        counts = torch.bincount(latents, minlength=len(W_dec))
+        inputs, offsets = order // indices.shape[1], counts.cumsum(0) - counts
+
+        def sum_per_latent(rows: Float[Tensor, "batch d"], weights: Float[Tensor, "batch k"]) -> Float[Tensor, "d_sae d"]:
+            return F.embedding_bag(inputs, rows, offsets, per_sample_weights=weights.flatten()[order], mode="sum")
+
+        grad_W1 = sum_per_latent(x1, grad_values)  # [d_sae, d_in + 1]: W_enc's gradient (transposed), then the bias's
+        grad_W_dec = sum_per_latent(grad_reconstruction, values)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad_values, mode="sum")
+        return grad_x, grad_W1[:, :-1].T, grad_W1[:, -1], grad_W_dec, grad_reconstruction.sum(dim=0), None
 
 
 def sae_loss(sae: SAE, x: Float[Tensor, "batch d_in"]) -> dict[str, Tensor]:
@@ -194,12 +306,15 @@ def sae_loss(sae: SAE, x: Float[Tensor, "batch d_in"]) -> dict[str, Tensor]:
     - `"activity"` (no gradient): each latent's activation summed over the batch; a latent
       fired on this batch iff its activity is positive.
     """
-    reconstruction, latents = sae(x)
-    error = _squared_error(x, reconstruction)
-    activity = latents.sum(dim=0)  # latents are >= 0, so this is their L1, one entry per latent
+    # The numbers of `reconstruction, latents = sae(x)` and `activity = latents.sum(0)`, in fewer passes.
+    inputs = (x, sae.W_enc, sae._encoder_bias(), sae.W_dec, sae.b_dec)
     if sae.config.kind == "topk":
-        return {"loss": error, "mse": error, "activity": activity.detach()}
-    l1 = activity @ sae.W_dec.norm(dim=1) / len(x)
+        reconstruction, activity = _TopKAutoencoder.apply(*inputs, sae.config.k)
+        error = _squared_error(x, reconstruction)
+        return {"loss": error, "mse": error, "activity": activity}
+    reconstruction, activity = _ReLUAutoencoder.apply(*inputs)
+    error = _squared_error(x, reconstruction)
+    l1 = activity @ sae.W_dec.norm(dim=1) / len(x)  # latents are >= 0, so activity is their L1, one entry per latent
     return {"loss": error + sae.config.l1_coefficient * l1, "mse": error, "l1": l1, "activity": activity.detach()}
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import mechlearn.sae
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.sae import (
     SAE,
@@ -163,6 +164,65 @@ def test_topk_loss_is_the_squared_error_alone() -> None:
     torch.testing.assert_close(losses["activity"], torch.tensor([2.0, 2.5, 0.0]))
 
 
+def plain_sae_loss(sae: SAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sae_loss written the straightforward way: the SAE's forward pass and autograd, no hand-written backward."""
+    reconstruction, latents = sae(x)
+    error = (reconstruction - x).pow(2).sum(dim=-1).mean()
+    activity = latents.sum(dim=0)
+    if sae.config.kind == "topk":
+        return {"loss": error, "mse": error, "activity": activity.detach()}
+    l1 = activity @ sae.W_dec.norm(dim=1) / len(x)
+    return {"loss": error + sae.config.l1_coefficient * l1, "mse": error, "l1": l1, "activity": activity.detach()}
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk"])
+def test_hand_written_backward_passes_gradcheck(kind) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x, W_enc, bias, W_dec, b_dec = (
+        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True) for shape in ((6, 3), (3, 5), (5,), (5, 3), (3,))
+    )
+    with torch.no_grad():
+        bias -= 1.0  # some pre-activations kept by TopK are then negative, so the ReLU's derivative matters
+    if kind == "relu":
+        autoencoder = mechlearn.sae._ReLUAutoencoder.apply
+    else:
+        autoencoder = lambda *tensors: mechlearn.sae._TopKAutoencoder.apply(*tensors, 2)
+    assert torch.autograd.gradcheck(autoencoder, (x, W_enc, bias, W_dec, b_dec))
+
+
+@pytest.mark.parametrize("config", [RELU, TOPK])
+def test_sae_loss_matches_plain_autograd(config) -> None:
+    x = DATA.sample(256, torch.Generator().manual_seed(0)).requires_grad_()
+    fast, plain = SAE(config), SAE(config)
+    with torch.no_grad():
+        for sae in (fast, plain):  # non-unit decoder rows and non-zero biases, so that every term of the gradient shows
+            sae.W_dec.mul_(torch.linspace(0.5, 2.0, config.d_sae)[:, None])
+            sae.b_enc.normal_(std=0.1, generator=torch.Generator().manual_seed(1))
+            sae.b_dec.normal_(std=0.1, generator=torch.Generator().manual_seed(2))
+    expected, got = plain_sae_loss(plain, x), sae_loss(fast, x)
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+    grad_x, *grads = torch.autograd.grad(got["loss"], [x, *fast.parameters()])
+    expected_grad_x, *expected_grads = torch.autograd.grad(expected["loss"], [x, *plain.parameters()])
+    torch.testing.assert_close(grad_x, expected_grad_x)
+    for (name, _), grad, expected_grad in zip(fast.named_parameters(), grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, msg=lambda message, name=name: f"{name}'s gradient: {message}")
+
+
+@pytest.mark.parametrize("config", [RELU, TOPK])
+def test_training_matches_plain_autograd(activations, config, monkeypatch) -> None:
+    config = replace(config, steps=20, log_every=10)
+    fast, plain = SAE(config), SAE(config)
+    history = train_sae(fast, activations, progress=False)
+    monkeypatch.setattr(mechlearn.sae, "sae_loss", plain_sae_loss)
+    expected = train_sae(plain, activations, progress=False)
+    for record, reference in zip(history, expected, strict=True):
+        assert record == pytest.approx(reference, rel=1e-4)
+    for parameter, reference in zip(fast.parameters(), plain.parameters()):
+        torch.testing.assert_close(parameter, reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("config", [RELU, TOPK])
 def test_dead_latents_get_no_gradient(config) -> None:
     sae = killed(config)
@@ -246,10 +306,14 @@ def test_train_sae_checks_its_inputs(activations) -> None:
     sae = SAE(RELU)
     with pytest.raises(ValueError, match="d_in"):
         train_sae(sae, activations[:, :32], progress=False)
-    bad = activations[:100].clone()
-    bad[3, 4] = math.nan
-    with pytest.raises(ValueError, match="NaN"):
-        train_sae(sae, bad, progress=False)
+    for value in (math.nan, math.inf):
+        bad = activations[:100].clone()
+        bad[3, 4] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            train_sae(sae, bad, progress=False)
+    huge = torch.full((100, 64), 3e38)  # finite, though their sum overflows: the check must let them through
+    with pytest.raises(FloatingPointError):  # and the loss then overflows
+        train_sae(SAE(replace(RELU, steps=1)), huge, progress=False)
     with pytest.raises(TypeError, match="SAE"):
         train_sae(torch.nn.Linear(64, 128), activations, progress=False)
 
