@@ -28,6 +28,7 @@ from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
+from mechlearn.device import generator_for
 from mechlearn.models import model_device
 from mechlearn.patching import run_with_heads_ablated
 from mechlearn.tasks.induction import LabelledTokens
@@ -94,7 +95,7 @@ def repeated_tokens_patterns(
 ) -> tuple[Int[Tensor, "batch pos"], Float[Tensor, "layer batch head query_pos key_pos"]]:
     """Run `model` on repeated random tokens; return the tokens and every layer's attention."""
     _validate_seq_len(model, seq_len, bos)
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator_for("induction.repeated_tokens", seed)
     tokens = repeated_random_tokens(model.cfg.d_vocab, seq_len, batch, generator, bos).to(model_device(model))
     # Keep only the patterns: the rest of the cache would cost memory and time for nothing.
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
+from mechlearn.device import generator_for
 from mechlearn.patching import HookFn
 from mechlearn.validation import describe, is_int
 
@@ -174,7 +175,7 @@ def train_probe(
     mean = activations.mean(dim=0)
     scale = (activations - mean).square().mean().sqrt().clamp_min(1e-8)
     activations = (activations - mean) / scale
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = generator_for("probes.split_and_shuffle", config.seed)
     train_rows, val_rows = (rows.to(activations.device) for rows in _split_rows(len(activations), config.validation_fraction, generator))
     probe = LinearProbe(activations.shape[1], labels.shape[1], n_classes).to(activations.device)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -258,7 +259,7 @@ def control_labels(labels: Int[Tensor, "n target"], types: Int[Tensor, "n"], n_c
         raise ValueError(f"types must be an integer tensor with one entry per row of labels ({len(labels)}), got {describe(types)}.")
     frequencies = F.one_hot(labels, n_classes).sum(dim=0).float().cpu()  # [target class]
     unique_types, type_of_row = types.cpu().unique(return_inverse=True)
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator_for("probes.control_labels", seed)
     class_of_type = torch.multinomial(frequencies, len(unique_types), replacement=True, generator=generator)  # [target type]
     return einops.rearrange(class_of_type[:, type_of_row], "target n -> n target").to(labels.device)
 

@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
+from mechlearn.device import generator_for
 from mechlearn.validation import describe, is_int
 
 __all__ = [
@@ -128,7 +129,7 @@ class SAE(torch.nn.Module):
         if not isinstance(config, SAEConfig):
             raise TypeError(f"SAE expects an SAEConfig, got {type(config).__name__}.")
         self.config = config
-        directions = torch.randn(config.d_sae, config.d_in, generator=torch.Generator().manual_seed(config.seed))
+        directions = torch.randn(config.d_sae, config.d_in, generator=generator_for("sae.init", config.seed))
         directions /= directions.norm(dim=1, keepdim=True)
         self.W_enc = torch.nn.Parameter((0.1 if config.kind == "relu" else 1.0) * directions.T)
         self.b_enc = torch.nn.Parameter(torch.zeros(config.d_sae))
@@ -368,7 +369,7 @@ def train_sae(sae: SAE, activations: Float[Tensor, "n d_in"], progress: bool = T
     _check_activations("activations", activations, config.d_in)
     device = sae.W_enc.device
     activations = activations.to(device)
-    generator = torch.Generator(device).manual_seed(config.seed)
+    generator = generator_for("sae.batches", config.seed, device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, fused=True)  # one kernel per parameter, not a dozen
     steps_since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
     history: list[dict[str, float]] = []
@@ -600,7 +601,7 @@ class SparseFeatureData:
 
     def dictionary(self) -> Float[Tensor, "n_features d_model"]:
         """The true features, one unit vector per row (the same for the same seed)."""
-        features = torch.randn(self.n_features, self.d_model, generator=torch.Generator().manual_seed(self.seed))
+        features = torch.randn(self.n_features, self.d_model, generator=generator_for("sparse_features.dictionary", self.seed))
         return features / features.norm(dim=1, keepdim=True)
 
     def sample(self, n: int, generator: torch.Generator) -> Float[Tensor, "n d_model"]:

@@ -6,6 +6,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechlearn.device import generator_for
 from mechlearn.models import model_device
 
 
@@ -30,7 +31,7 @@ def generate(
     seed: int = 0,
 ) -> Int[Tensor, "batch pos"]:
     """Extend `prompt` one token at a time, feeding each sample back in."""
-    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    generator = generator_for("sampling.generate", seed, model_device(model))
     tokens = prompt.to(model_device(model))
     for _ in range(max_new_tokens):
         next_token = sample_next_token(model(tokens)[:, -1], temperature, generator)

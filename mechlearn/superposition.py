@@ -24,6 +24,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechlearn.device import generator_for
 from mechlearn.validation import describe, is_int
 
 __all__ = [
@@ -70,7 +71,7 @@ class ToyModel(torch.nn.Module):
         if not isinstance(config, ToyModelConfig):
             raise TypeError(f"config must be a ToyModelConfig, got {type(config).__name__}.")
         self.config = config
-        generator = torch.Generator().manual_seed(seed)
+        generator = generator_for("superposition.init", seed)
         shape = (config.n_instances, config.n_hidden, config.n_features)
         # Xavier-normal for each instance's [hidden feature] matrix, as in the paper's code.
         std = math.sqrt(2 / (config.n_hidden + config.n_features))
@@ -183,7 +184,7 @@ def train_toy_model(
         raise ValueError("importance must be finite and non-negative.")
     device = model.W.device
     feature_probability, importance = feature_probability.to(device), importance.to(device)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = generator_for("superposition.features", config.seed)
     # Plain Adam, no weight decay: decay would shrink the norms that tell us which features are represented.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[dict[str, float]] = []
@@ -305,7 +306,7 @@ def phase_diagram(
     model = ToyModel(ToyModelConfig(n_features=2, n_hidden=1, n_instances=restarts * n_r * n_d), seed=config.seed).to(device)
     train_toy_model(model, probability, importance, config, progress)
     with torch.no_grad():
-        features = sample_features(_EVAL_BATCH, probability, torch.Generator().manual_seed(config.seed + 1))
+        features = sample_features(_EVAL_BATCH, probability, generator_for("superposition.eval_features", config.seed))
         losses = instance_losses(model(features), features, importance)
     best = einops.rearrange(losses, "(restart cell) -> restart cell", restart=restarts).argmin(dim=0)
     W = einops.rearrange(model.W.detach(), "(restart cell) hidden feature -> restart cell hidden feature", restart=restarts)
