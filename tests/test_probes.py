@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformer_lens.hook_points import HookPoint
 
+from mechlearn.device import generator_for
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.probes import (
     LinearProbe,
@@ -100,7 +101,7 @@ def test_early_stopping_stops_and_returns_the_best_weights() -> None:
     best_epoch = losses.index(min(losses))
     assert len(losses) == best_epoch + config.patience + 1
     assert losses[-1] > min(losses)
-    _, val_rows = _split_rows(len(x), config.validation_fraction, torch.Generator().manual_seed(config.seed))
+    _, val_rows = _split_rows(len(x), config.validation_fraction, generator_for("probes.split_and_shuffle", config.seed))
     with torch.no_grad():
         returned_loss = _probe_loss(probe, x[val_rows], labels[val_rows]).item()
     assert returned_loss == pytest.approx(min(losses), rel=1e-4)

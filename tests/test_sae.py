@@ -212,15 +212,16 @@ def test_sae_loss_matches_plain_autograd(config) -> None:
 
 @pytest.mark.parametrize("config", [RELU, TOPK])
 def test_training_matches_plain_autograd(activations, config, monkeypatch) -> None:
-    config = replace(config, steps=20, log_every=10)
-    fast, plain = SAE(config), SAE(config)
+    # In float64: in float32, rounding differences can flip a TopK choice within a few steps.
+    config, activations = replace(config, steps=20, log_every=10), activations.double()
+    fast, plain = SAE(config).double(), SAE(config).double()
     history = train_sae(fast, activations, progress=False)
     monkeypatch.setattr(mechlearn.sae, "sae_loss", plain_sae_loss)
     expected = train_sae(plain, activations, progress=False)
     for record, reference in zip(history, expected, strict=True):
-        assert record == pytest.approx(reference, rel=1e-4)
+        assert record == pytest.approx(reference, rel=1e-10)
     for parameter, reference in zip(fast.parameters(), plain.parameters()):
-        torch.testing.assert_close(parameter, reference, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(parameter, reference, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("config", [RELU, TOPK])
@@ -258,17 +259,21 @@ def test_resampling_reinitialises_only_dead_latents() -> None:
 @pytest.mark.parametrize("kind", ["relu", "topk"])
 def test_trained_sae_recovers_the_true_features(trained, activations, kind) -> None:
     sae, history = trained[kind]
+    # The control: random unit vectors in 64 dimensions; the best of 128 lies about 0.3 from each feature.
+    assert mmcs(SAE(sae.config).W_dec, DATA.dictionary()) < 0.4
     assert mmcs(sae.W_dec, DATA.dictionary()) >= 0.95
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(128))
     final = history[-1]
     assert [record["step"] for record in history] == [100, 200, 300]
     assert set(final) == {"step", "loss", "mse", "l0", "explained_variance", "dead_fraction"}
-    assert final["explained_variance"] > 0.9 and final["dead_fraction"] == 0.0
+    # k = 4 caps TopK: about a fifth of the inputs have more than 4 active features (Poisson, mean 3).
+    min_explained = {"relu": 0.9, "topk": 0.87}[kind]
+    assert final["explained_variance"] > min_explained and final["dead_fraction"] == 0.0
     assert 2.0 <= final["l0"] <= 5.0, f"the data have 3 active features per input on average, the SAE {final['l0']}"
     assert history[0]["mse"] > final["mse"]
     x = DATA.sample(2000, torch.Generator().manual_seed(2))
     reconstruction, latents = sae(x)
-    assert explained_variance(x, reconstruction) > 0.9, "it must generalise to fresh inputs"
+    assert explained_variance(x, reconstruction) > min_explained, "it must generalise to fresh inputs"
 
 
 def test_training_is_deterministic_under_the_seed(activations) -> None:

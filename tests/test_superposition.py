@@ -160,14 +160,11 @@ def test_classify_phase_reads_feature_1() -> None:
 def test_dense_features_get_orthogonal_dimensions_and_the_rest_are_dropped() -> None:
     """Feature probability 1: like PCA, the n_hidden most important features, orthogonal ("Demonstrating Superposition")."""
     model = ToyModel(ToyModelConfig(n_features=5, n_hidden=2, n_instances=8))
-    train_toy_model(model, torch.tensor(1.0), 0.7 ** torch.arange(5.0), progress=False)
+    # 2000 steps: after 1000, an instance or two may still be shrinking a third feature.
+    train_toy_model(model, torch.tensor(1.0), 0.7 ** torch.arange(5.0), ToyTrainConfig(steps=2000), progress=False)
     shown = represented(model.W)
-    assert (shown.sum(dim=1) == 2).sum() >= 7  # one instance may still be dropping a third feature
-    assert shown[:, :2].all(dim=1).sum() >= 7  # and it is the two most important that stay
-    for instance in range(8):
-        if shown[instance].sum() == 2:
-            kept = shown[instance].nonzero()[:, 0]
-            assert cosines(model.W)[instance, kept[0], kept[1]] < 0.1
+    assert shown[:, :2].all() and not shown[:, 2:].any()  # the two most important features, in every instance
+    assert (cosines(model.W)[:, 0, 1].abs() < 0.1).all()
 
 
 def test_sparse_features_form_a_pentagon() -> None:
