@@ -52,7 +52,8 @@ __all__ = [
     "l0",
     "mse",
     "explained_variance",
-    "dead_fraction",
+    "window_dead_fraction",
+    "held_out_dead_fraction",
     "mmcs",
     "loss_recovered",
     "BestLatents",
@@ -359,7 +360,7 @@ def train_sae(sae: SAE, activations: Float[Tensor, "n d_in"], progress: bool = T
     resampled every `dead_window` steps (and get a fresh window to fire).
 
     Every `log_every` steps (and after the last) one record is appended, measured on that
-    step's batch: `{"step", "loss", "mse", "l0", "explained_variance", "dead_fraction"}`
+    step's batch: `{"step", "loss", "mse", "l0", "explained_variance", "window_dead_fraction"}`
     (`loss` before the step's update, the rest after). Only then does the loop wait for the
     device, so that is also where a NaN loss is caught (a FloatingPointError): once NaN,
     the parameters stay NaN, so the next log step is sure to see it.
@@ -390,7 +391,7 @@ def train_sae(sae: SAE, activations: Float[Tensor, "n d_in"], progress: bool = T
         if step % config.log_every == 0 or step == config.steps:
             record = _record(sae, x, losses["loss"], steps_since_fired, step)
             history.append(record)
-            bar.set_postfix(mse=f"{record['mse']:.4f}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
+            bar.set_postfix(mse=f"{record['mse']:.4f}", l0=f"{record['l0']:.1f}", dead=f"{record['window_dead_fraction']:.2f}")
     return history
 
 
@@ -405,7 +406,7 @@ def _record(sae: SAE, x: Float[Tensor, "batch d_in"], loss: Float[Tensor, ""], s
         "mse": mse(x, reconstruction),
         "l0": l0(latents),
         "explained_variance": explained_variance(x, reconstruction),
-        "dead_fraction": dead_fraction(steps_since_fired, sae.config.dead_window),
+        "window_dead_fraction": window_dead_fraction(steps_since_fired, sae.config.dead_window),
     }
 
 
@@ -422,6 +423,8 @@ def l0(latents: Float[Tensor, "batch d_sae"]) -> float:
     """The mean number of active (non-zero) latents per input."""
     if not isinstance(latents, Tensor) or latents.ndim != 2:
         raise ValueError(f"latents must be a tensor of shape [batch d_sae], got {describe(latents)}.")
+    if latents.dtype.is_floating_point and torch.isnan(latents).any():
+        raise ValueError("latents contain NaN, which is neither active nor silent; check the SAE's weights and inputs.")
     return (latents != 0).sum(dim=-1).float().mean().item()
 
 
@@ -445,13 +448,27 @@ def explained_variance(x: Float[Tensor, "batch d_in"], reconstruction: Float[Ten
     return (1 - (x - reconstruction).pow(2).sum() / total).item()
 
 
-def dead_fraction(steps_since_fired: Int[Tensor, "d_sae"], dead_window: int) -> float:
-    """The fraction of latents that have not fired for at least `dead_window` steps."""
+def window_dead_fraction(steps_since_fired: Int[Tensor, "d_sae"], dead_window: int) -> float:
+    """The fraction of latents silent during training: none of the last `dead_window` steps' batches fired them.
+
+    What the trainer logs and resamples. A latent can pass this window on a rare training
+    input and still never fire on new data: `held_out_dead_fraction` counts those.
+    """
     if not isinstance(steps_since_fired, Tensor) or steps_since_fired.ndim != 1:
         raise ValueError(f"steps_since_fired must be a tensor of shape [d_sae], got {describe(steps_since_fired)}.")
     if not is_int(dead_window) or dead_window < 1:
         raise ValueError(f"dead_window must be an int of at least 1, got {dead_window!r}.")
     return (steps_since_fired >= dead_window).float().mean().item()
+
+
+@torch.no_grad()
+def held_out_dead_fraction(latents: Float[Tensor, "n d_sae"]) -> float:
+    """The fraction of latents that never fire (are never non-zero) on these inputs: pass the latents of held-out activations."""
+    if not isinstance(latents, Tensor) or latents.ndim != 2 or not latents.dtype.is_floating_point or len(latents) == 0:
+        raise ValueError(f"latents must be a non-empty float tensor of shape [n d_sae], got {describe(latents)}.")
+    if torch.isnan(latents).any():
+        raise ValueError("latents contain NaN, which is neither firing nor silent; check the SAE's weights and inputs.")
+    return (latents == 0).all(dim=0).float().mean().item()
 
 
 @torch.no_grad()

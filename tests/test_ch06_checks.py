@@ -80,7 +80,9 @@ REFERENCE_ANSWERS = [
     (ch06.check_l0, sae_lib.l0),
     (ch06.check_l0, lambda latents: (latents > 0).sum(dim=-1).float().mean()),  # a 0-d tensor is fine
     (ch06.check_explained_variance, sae_lib.explained_variance),
-    (ch06.check_dead_fraction, sae_lib.dead_fraction),
+    (ch06.check_window_dead_fraction, sae_lib.window_dead_fraction),
+    (ch06.check_held_out_dead_fraction, sae_lib.held_out_dead_fraction),
+    (ch06.check_held_out_dead_fraction, lambda latents: 1 - (latents > 0).any(dim=0).float().mean()),  # latents are >= 0
     (ch06.check_mmcs, sae_lib.mmcs),
     (ch06.check_loss_recovered, sae_lib.loss_recovered),
     (ch06.check_loss_recovered, learner_loss_recovered()),
@@ -90,7 +92,8 @@ CHECKS = [
     ch06.check_sae_loss,
     ch06.check_l0,
     ch06.check_explained_variance,
-    ch06.check_dead_fraction,
+    ch06.check_window_dead_fraction,
+    ch06.check_held_out_dead_fraction,
     ch06.check_mmcs,
     ch06.check_loss_recovered,
 ]
@@ -255,16 +258,40 @@ def test_explained_variance_returning_the_unexplained_fraction() -> None:
     expect_failure(ch06.check_explained_variance, lambda x, r: fvu(x - r, x - x.mean(dim=0)), hint_contains="1 minus")
 
 
-# --- dead_fraction -------------------------------------------------------------------------------
+# --- window_dead_fraction ------------------------------------------------------------------------
 
 
 def test_dead_fraction_with_a_strict_comparison() -> None:
-    message = expect_failure(ch06.check_dead_fraction, lambda steps, window: (steps > window).float().mean(), hint_contains=">=, not >")
+    message = expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps > window).float().mean(), hint_contains=">=, not >")
     assert "is 0.222222, expected 0.444444" in message
 
 
 def test_dead_fraction_as_a_count() -> None:
-    expect_failure(ch06.check_dead_fraction, lambda steps, window: (steps >= window).sum(), hint_contains="not their count")
+    expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps >= window).sum(), hint_contains="not their count")
+
+
+# --- held_out_dead_fraction ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        lambda latents: (latents == 0).all(dim=1).float().mean(),  # inputs with no active latent, not latents
+        lambda latents: (latents == 0).all(dim=0).sum(),  # a count
+        lambda latents: (latents == 0).float().mean(),  # the fraction of zero entries
+        lambda latents: (latents == 0).any(dim=0).float().mean(),  # silent on some input, not on every one
+        lambda latents: ((latents > 0).float().mean(dim=0) < 0.5).float().mean(),  # rarely firing counted as dead
+        lambda latents: (latents[-1] == 0).float().mean(),  # the last input only
+    ],
+    ids=["per_input", "count", "zero_entries", "any_input", "rare_as_dead", "last_input"],
+)
+def test_held_out_dead_fraction_mistakes(mistake) -> None:
+    expect_failure(ch06.check_held_out_dead_fraction, mistake, hint_contains="EVERY input")
+
+
+def test_held_out_dead_fraction_rejects_nan() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        sae_lib.held_out_dead_fraction(torch.tensor([[0.0, float("nan")]]))
 
 
 # --- mmcs ----------------------------------------------------------------------------------------

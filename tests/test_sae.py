@@ -12,8 +12,9 @@ from mechlearn.sae import (
     SAE,
     SAEConfig,
     SparseFeatureData,
-    dead_fraction,
+    window_dead_fraction,
     explained_variance,
+    held_out_dead_fraction,
     l0,
     loss_recovered,
     mmcs,
@@ -265,10 +266,10 @@ def test_trained_sae_recovers_the_true_features(trained, activations, kind) -> N
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(128))
     final = history[-1]
     assert [record["step"] for record in history] == [100, 200, 300]
-    assert set(final) == {"step", "loss", "mse", "l0", "explained_variance", "dead_fraction"}
+    assert set(final) == {"step", "loss", "mse", "l0", "explained_variance", "window_dead_fraction"}
     # k = 4 caps TopK: about a fifth of the inputs have more than 4 active features (Poisson, mean 3).
     min_explained = {"relu": 0.9, "topk": 0.87}[kind]
-    assert final["explained_variance"] > min_explained and final["dead_fraction"] == 0.0
+    assert final["explained_variance"] > min_explained and final["window_dead_fraction"] == 0.0
     assert 2.0 <= final["l0"] <= 5.0, f"the data have 3 active features per input on average, the SAE {final['l0']}"
     assert history[0]["mse"] > final["mse"]
     x = DATA.sample(2000, torch.Generator().manual_seed(2))
@@ -301,9 +302,9 @@ def test_resampling_revives_killed_latents(activations, config) -> None:
     for remedy in ("none", "resample"):
         sae = killed(replace(config, dead_remedy=remedy))
         history[remedy] = train_sae(sae, activations, progress=False)
-        silent[remedy] = (sae.encode(x) == 0).all(dim=0).float().mean().item()  # latents that never fire on fresh inputs
-    assert history["none"][-1]["dead_fraction"] == silent["none"] == 0.5, "the killed half can never fire on its own"
-    assert silent["resample"] < 0.1 and history["resample"][-1]["dead_fraction"] < 0.1
+        silent[remedy] = held_out_dead_fraction(sae.encode(x))
+    assert history["none"][-1]["window_dead_fraction"] == silent["none"] == 0.5, "the killed half can never fire on its own"
+    assert silent["resample"] < 0.1 and history["resample"][-1]["window_dead_fraction"] < 0.1
     assert history["resample"][-1]["explained_variance"] > history["none"][-1]["explained_variance"] + 0.1
 
 
@@ -333,7 +334,8 @@ def test_metrics_on_hand_made_inputs() -> None:
     assert explained_variance(x, x) == 1.0
     assert explained_variance(x, torch.zeros_like(x)) == 0.0  # the mean of x is 0
     assert explained_variance(x, torch.tensor([[0.5, 0.0], [-1.0, 0.0]])) == pytest.approx(1 - 0.25 / 2)
-    assert dead_fraction(torch.tensor([0, 5, 10, 20]), 10) == 0.5
+    assert window_dead_fraction(torch.tensor([0, 5, 10, 20]), 10) == 0.5
+    assert held_out_dead_fraction(torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]])) == 0.5
 
 
 def test_mmcs_is_signed_and_scale_free() -> None:
@@ -351,9 +353,14 @@ def test_metrics_check_their_inputs() -> None:
     with pytest.raises(ValueError, match="d_in"):
         mmcs(torch.zeros(4, 3), torch.eye(2))
     with pytest.raises(ValueError, match="dead_window"):
-        dead_fraction(torch.zeros(4), 0)
+        window_dead_fraction(torch.zeros(4), 0)
     with pytest.raises(ValueError, match="latents"):
         l0(torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        l0(torch.tensor([[0.0, float("nan")]]))  # NaN is not an active latent
+    for bad in (torch.zeros(0, 4), torch.zeros(4), torch.zeros(2, 4, dtype=torch.long)):
+        with pytest.raises(ValueError, match="latents"):
+            held_out_dead_fraction(bad)
 
 
 # --- loss recovered --------------------------------------------------------------------------

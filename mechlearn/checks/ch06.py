@@ -196,16 +196,37 @@ def check_explained_variance(explained_variance) -> None:
 
 
 @check
-def check_dead_fraction(dead_fraction) -> None:
+def check_window_dead_fraction(window_dead_fraction) -> None:
     """Latents at, just below and just above the window."""
     steps_since_fired = torch.tensor([0, 5, 99, 100, 101, 250, 100, 3, 42])
     _expect_number(
-        call_learner(dead_fraction, steps_since_fired.clone(), 100),
-        sae_lib.dead_fraction(steps_since_fired, 100),
+        call_learner(window_dead_fraction, steps_since_fired.clone(), 100),
+        sae_lib.window_dead_fraction(steps_since_fired, 100),
         what=f"the dead fraction of steps_since_fired={steps_since_fired.tolist()} with dead_window=100",
         hint="a latent is dead once its steps_since_fired REACHES dead_window (>=, not >); return the fraction "
         "of latents that are dead, not their count.",
     )
+
+
+@check
+def check_held_out_dead_fraction(held_out_dead_fraction) -> None:
+    """Two batches: latents that fire on one input only, negative pre-activations never kept, exact zeros elsewhere."""
+    latents = torch.tensor(
+        [
+            [0.0, 2.0, 0.0, 0.0, 0.5, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.5, 0.0],
+            [0.0, 0.3, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 7.0],
+        ]
+    )
+    for batch in (latents, latents[:2]):
+        _expect_number(
+            call_learner(held_out_dead_fraction, batch.clone()),
+            sae_lib.held_out_dead_fraction(batch),
+            what=f"the held-out dead fraction of latents={batch.tolist()}",
+            hint="a latent is dead on held-out data if it is zero on EVERY input (a column of zeros); a latent that "
+            "fires on a single input is alive. Return the fraction of latents (columns), not of inputs or a count.",
+        )
 
 
 @check
