@@ -55,6 +55,7 @@ __all__ = [
     "window_dead_fraction",
     "held_out_dead_fraction",
     "mmcs",
+    "splice_hook",
     "loss_recovered",
     "BestLatents",
     "LatentScores",
@@ -492,6 +493,19 @@ def mmcs(learned: Float[Tensor, "d_sae d_in"], true: Float[Tensor, "n_true d_in"
 LossFn = Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"]], Float[Tensor, ""]]
 
 
+def splice_hook(sae: SAE) -> Callable[[Float[Tensor, "batch pos d_in"], HookPoint], Float[Tensor, "batch pos d_in"]]:
+    """A hook that replaces the activation by the SAE's reconstruction of it, for `model.run_with_hooks`."""
+    _check_sae(sae)
+
+    def splice(activation: Float[Tensor, "batch pos d_in"], hook: HookPoint) -> Float[Tensor, "batch pos d_in"]:
+        if activation.shape[-1] != sae.config.d_in:
+            raise ValueError(f"The activation at {hook.name} has size {activation.shape[-1]} but the SAE reads d_in={sae.config.d_in}.")
+        reconstruction, _ = sae(activation.flatten(0, -2))
+        return reconstruction.reshape(activation.shape)
+
+    return splice
+
+
 @torch.no_grad()
 def loss_recovered(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], hook_name: str, sae: SAE, loss_fn: LossFn) -> float:
     """How much of the model's loss the SAE keeps when spliced in at `hook_name`.
@@ -501,21 +515,19 @@ def loss_recovered(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], hoo
     `L_zero` the loss with it replaced by zeros. 1: the SAE loses nothing; 0: as bad as
     deleting the activation. `loss_fn(logits, tokens)` is the scalar loss, e.g.
     `lambda logits, tokens: task_loss(task, logits, tokens)`.
+
+    Zeroing an activation can be so destructive that even an untrained SAE scores well (on
+    chapter 06's Othello model, about 0.8): read it beside an untrained SAE's, or look at the
+    spliced loss itself (`splice_hook`).
     """
     _check_sae(sae)
-
-    def splice(activation: Float[Tensor, "batch pos d_in"], hook: HookPoint) -> Float[Tensor, "batch pos d_in"]:
-        if activation.shape[-1] != sae.config.d_in:
-            raise ValueError(f"The activation at {hook.name} has size {activation.shape[-1]} but the SAE reads d_in={sae.config.d_in}.")
-        reconstruction, _ = sae(activation.flatten(0, -2))
-        return reconstruction.reshape(activation.shape)
 
     def zero(activation: Tensor, hook: HookPoint) -> Tensor:
         return torch.zeros_like(activation)
 
     clean = loss_fn(model(tokens), tokens)
     ablated = loss_fn(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, zero)]), tokens)
-    spliced = loss_fn(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice)]), tokens)
+    spliced = loss_fn(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice_hook(sae))]), tokens)
     if ablated == clean:
         raise ValueError(f"Zero-ablating {hook_name} does not change the loss, so there is no loss for the SAE to recover.")
     return ((ablated - spliced) / (ablated - clean)).item()

@@ -22,6 +22,7 @@ from mechlearn.sae import (
     resample_dead_latents,
     sae_loss,
     score_latents,
+    splice_hook,
     train_sae,
 )
 from mechlearn.train import next_token_loss
@@ -392,6 +393,19 @@ def test_loss_recovered_is_one_for_a_perfect_sae_and_zero_for_a_zero_one(model) 
     assert partial != pytest.approx(1.0) and partial != pytest.approx(0.0)
     with pytest.raises(ValueError, match="d_in=8"):
         loss_recovered(model, tokens, hook_name, identity_sae(8), next_token_loss)
+
+
+def test_splice_hook_replaces_the_activation_by_the_reconstruction(model) -> None:
+    tokens = torch.randint(0, 20, (8, 12), generator=torch.Generator().manual_seed(0))
+    hook_name, sae = "blocks.1.hook_resid_pre", SAE(SAEConfig(d_in=16, d_sae=64))
+    seen = {}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, splice_hook(sae)), (hook_name, lambda a, hook: seen.setdefault("a", a.clone()))])
+        expected, _ = sae(cache[hook_name].flatten(0, 1))
+    torch.testing.assert_close(seen["a"], expected.reshape(8, 12, 16))
+    with pytest.raises(TypeError, match="SAE"):
+        splice_hook("not an sae")
 
 
 # --- ground-truth data -----------------------------------------------------------------------
