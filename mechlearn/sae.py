@@ -629,7 +629,8 @@ class SparseFeatureData:
             raise ValueError(f"SparseFeatureData.seed must be an int, got {self.seed!r}.")
 
     def dictionary(self) -> Float[Tensor, "n_features d_model"]:
-        """The true features, one unit vector per row (the same for the same seed)."""
+        """The true features, one unit vector per row: the same for the same seed, and from a stream of their own,
+        so an SAE seeded alike does not start on them."""
         features = torch.randn(self.n_features, self.d_model, generator=generator_for("sparse_features.dictionary", self.seed))
         return features / features.norm(dim=1, keepdim=True)
 
