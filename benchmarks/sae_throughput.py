@@ -198,6 +198,7 @@ def mechlearn_sae(run: Run, steps: int) -> torch.nn.Module:
     return SAE(SAEConfig(
         d_in=run.d_in, d_sae=run.d_sae, kind=run.kind, k=run.k, l1_coefficient=run.l1_coefficient, lr=run.lr,
         batch_size=run.batch_size, steps=steps, seed=run.seed,
+        lr_decay=0.0, normalize_activations=False,  # as SAELens here: a constant lr, on activations scaled once beforehand
     ))
 
 
