@@ -91,16 +91,17 @@ class Run:
     def flops_per_step(self, trainer: str) -> int:
         """The FLOPs that `trainer` ("mechlearn" or "saelens") computes in one step.
 
-        mechlearn's ReLU step computes the dense step's 5 matmuls. Its TopK step decodes only the k active
-        latents of each input: 2 of those matmuls (the encoder forward, and the decoder's input gradient, of
-        which it keeps k entries per input) and 3 of 2 * batch * k * d_in FLOPs (the decoder forward and the
-        weight gradients of decoder and encoder). SAELens decodes densely and subtracts b_dec from its input
-        before encoding, so its backward also computes the encoder input's gradient (for b_dec's): 6 matmuls.
+        mechlearn's ReLU step computes the dense step's 5 matmuls. Its TopK step works on the k active
+        latents of each input: 1 of those matmuls (the encoder forward, whose output `topk` needs whole) and
+        4 products of 2 * batch * k * d_in FLOPs (the decoder forward, the k entries per input of the
+        decoder's input gradient, and the weight gradients of decoder and encoder). SAELens decodes densely
+        and subtracts b_dec from its input before encoding, so its backward also computes the encoder input's
+        gradient (for b_dec's): 6 matmuls.
         """
         if trainer == "saelens":
             return 6 * self.matmul_flops
         if self.kind == "topk":
-            return 2 * self.matmul_flops + 3 * 2 * self.batch_size * self.k * self.d_in
+            return self.matmul_flops + 4 * 2 * self.batch_size * self.k * self.d_in
         return self.dense_flops_per_step
 
 
