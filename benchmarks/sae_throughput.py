@@ -22,8 +22,14 @@ dense-equivalent FLOP/s (5 matmuls a step whatever is computed). Quality at equa
 variance and L0 of both trained SAEs on activations from other games, both measured by
 mechlearn.sae.
 
-    python benchmarks/sae_throughput.py                  # ReLU and TopK, 2 threads
-    python benchmarks/sae_throughput.py --kinds relu --steps 100 --json
+Every batch size (`--batch-sizes`, 1024 and 4096 by default) gets its own round of runs: in
+each repeat, every kind's mechlearn run and SAELens run, one after the other, so that a busy
+spell of the machine tends to slow them all. Besides mechlearn against SAELens, this prints
+mechlearn's TopK against its ReLU at each batch size (same d_sae, batch and threads).
+
+    python benchmarks/sae_throughput.py                  # ReLU and TopK at batch 1024 and 4096, 2 threads
+    python benchmarks/sae_throughput.py --no-saelens --repeats 3        # mechlearn's TopK / ReLU only
+    python benchmarks/sae_throughput.py --kinds relu --batch-sizes 4096 --steps 100 --json
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ HOOK_NAME = "blocks.2.hook_resid_pre"
 PEAK_MATMUL_SIZE = 4096
 SPEEDUP_GOAL = 1.5
 PEAK_FRACTION_GOAL = 0.5
+TOPK_OVER_RELU_GOAL = 1.0
+ACTIVATIONS_PER_RUN = 200 * 4096  # a timed run's default length: 200 steps at batch 4096, 800 at 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +91,17 @@ class Run:
     def flops_per_step(self, trainer: str) -> int:
         """The FLOPs that `trainer` ("mechlearn" or "saelens") computes in one step.
 
-        mechlearn's ReLU step computes the dense step's 5 matmuls. Its TopK step decodes only the k active
-        latents of each input: 2 of those matmuls (the encoder forward, and the decoder's input gradient, of
-        which it keeps k entries per input) and 3 of 2 * batch * k * d_in FLOPs (the decoder forward and the
-        weight gradients of decoder and encoder). SAELens decodes densely and subtracts b_dec from its input
-        before encoding, so its backward also computes the encoder input's gradient (for b_dec's): 6 matmuls.
+        mechlearn's ReLU step computes the dense step's 5 matmuls. Its TopK step works on the k active
+        latents of each input: 1 of those matmuls (the encoder forward, whose output `topk` needs whole) and
+        4 products of 2 * batch * k * d_in FLOPs (the decoder forward, the k entries per input of the
+        decoder's input gradient, and the weight gradients of decoder and encoder). SAELens decodes densely
+        and subtracts b_dec from its input before encoding, so its backward also computes the encoder input's
+        gradient (for b_dec's): 6 matmuls.
         """
         if trainer == "saelens":
             return 6 * self.matmul_flops
         if self.kind == "topk":
-            return 2 * self.matmul_flops + 3 * 2 * self.batch_size * self.k * self.d_in
+            return self.matmul_flops + 4 * 2 * self.batch_size * self.k * self.d_in
         return self.dense_flops_per_step
 
 
@@ -241,53 +250,77 @@ def quality(sae: torch.nn.Module, held_out: torch.Tensor) -> dict[str, float]:
     return {"explained_variance": round(explained_variance(held_out, reconstruction), 4), "l0": round(l0(latents), 2)}
 
 
-def compare(run: Run, repeats: int, python: Path, activations: torch.Tensor, activations_path: Path, held_out: torch.Tensor) -> dict:
-    """Train with both `repeats` times, alternating; the fastest run of each counts (all train the same SAE).
+def compare(runs: list[Run], repeats: int, python: Path | None, activations: torch.Tensor, activations_path: Path,
+            held_out: torch.Tensor) -> list[dict]:
+    """Train every run with mechlearn and (unless `python` is None) SAELens `repeats` times, alternating all of them.
 
-    `activations_path` holds `activations`, for the SAELens side.
+    The fastest of the repeats counts (all train the same SAE). `activations_path` holds `activations`, for the
+    SAELens side. One dict per run: each trainer's seconds, speed, compute and quality, and mechlearn's speedup.
     """
-    seconds: dict[str, list[float]] = {"mechlearn": [], "saelens": []}
-    for _ in range(repeats):  # alternating, so that a busy spell of the machine tends to slow both
-        mechlearn_seconds, mechlearn_trained = train_mechlearn(run, activations)
-        saelens_seconds, version, saelens_trained = train_saelens(run, python, activations_path)
-        seconds["mechlearn"].append(round(mechlearn_seconds, 2))
-        seconds["saelens"].append(round(saelens_seconds, 2))
-    trainers = {
-        name: {
-            "seconds": seconds[name],
-            "activations_per_s": round(run.steps * run.batch_size / min(seconds[name])),
-            "flops_per_s": run.steps * run.flops_per_step(name) / min(seconds[name]),
-            "dense_equivalent_flops_per_s": run.steps * run.dense_flops_per_step / min(seconds[name]),
-            **quality(sae, held_out),
-        }
-        for name, sae in (("mechlearn", mechlearn_trained), ("saelens", saelens_trained))
-    }
-    speedup = trainers["mechlearn"]["activations_per_s"] / trainers["saelens"]["activations_per_s"]
-    return {"kind": run.kind, "sae_lens_version": version, "speedup": round(speedup, 2), **trainers}
+    trainers = ("mechlearn", "saelens") if python else ("mechlearn",)
+    seconds = {(run.kind, name): [] for run in runs for name in trainers}
+    trained, versions = {}, {}
+    for _ in range(repeats):  # alternating, so that a busy spell of the machine tends to slow all of them
+        for run in runs:
+            run_seconds, trained[run.kind, "mechlearn"] = train_mechlearn(run, activations)
+            seconds[run.kind, "mechlearn"].append(round(run_seconds, 2))
+            if python:
+                run_seconds, versions[run.kind], trained[run.kind, "saelens"] = train_saelens(run, python, activations_path)
+                seconds[run.kind, "saelens"].append(round(run_seconds, 2))
+    comparisons = []
+    for run in runs:
+        comparison = {"kind": run.kind, "batch_size": run.batch_size, "steps": run.steps, "sae_lens_version": versions.get(run.kind)}
+        for name in trainers:
+            fastest = min(seconds[run.kind, name])
+            comparison[name] = {
+                "seconds": seconds[run.kind, name],
+                "activations_per_s": round(run.steps * run.batch_size / fastest),
+                "flops_per_s": run.steps * run.flops_per_step(name) / fastest,
+                "dense_equivalent_flops_per_s": run.steps * run.dense_flops_per_step / fastest,
+                **quality(trained[run.kind, name], held_out),
+            }
+        if python:
+            comparison["speedup"] = round(comparison["mechlearn"]["activations_per_s"] / comparison["saelens"]["activations_per_s"], 2)
+        comparisons.append(comparison)
+    return comparisons
+
+
+def topk_over_relu(comparisons: list[dict]) -> dict[int, float]:
+    """mechlearn's TopK activations/s over its ReLU activations/s, per batch size where both kinds ran."""
+    speed = {(c["batch_size"], c["kind"]): c["mechlearn"]["activations_per_s"] for c in comparisons}
+    return {batch: round(speed[batch, "topk"] / speed[batch, "relu"], 2)
+            for batch in sorted({batch for batch, _ in speed}) if (batch, "relu") in speed and (batch, "topk") in speed}
 
 
 def print_table(report: dict) -> None:
-    run = report["run"]
-    print(f"torch {report['torch']}, SAELens {report['comparisons'][0]['sae_lens_version']}, {run['threads']} threads; "
+    run, comparisons = report["run"], report["comparisons"]
+    saelens = next((c["sae_lens_version"] for c in comparisons if c["sae_lens_version"]), None)
+    print(f"torch {report['torch']}, SAELens {saelens or '(not run)'}, {run['threads']} threads; "
           f"fp32 matmul peak ({PEAK_MATMUL_SIZE}x{PEAK_MATMUL_SIZE}): {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
-    print(f"SAE {run['d_in']} -> {run['d_sae']}, batch {run['batch_size']}, {run['steps']} steps, lr {run['lr']}, "
-          f"L1 coefficient {run['l1_coefficient']} (relu), k {run['k']} (topk); "
-          f"{report['rows']} training activations, {report['held_out_rows']} held out")
+    print(f"SAE {run['d_in']} -> {run['d_sae']}, lr {run['lr']}, L1 coefficient {run['l1_coefficient']} (relu), "
+          f"k {run['k']} (topk); {report['rows']} training activations, {report['held_out_rows']} held out")
     print(f"load average (1 min) before: {report['load_average_before']:.2f}, after: {report['load_average_after']:.2f}")
     peak = report["peak_flops_per_s"]
-    print(f"{'kind':<5} {'trainer':<10} {'act/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'dense-eq.':>9} {'expl. var':>9} {'L0':>7}  "
-          "seconds per run")
-    for comparison in report["comparisons"]:
+    print(f"{'batch':>5} {'steps':>5} {'kind':<5} {'trainer':<10} {'act/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'dense-eq.':>9} "
+          f"{'expl. var':>9} {'L0':>7}  seconds per run")
+    for comparison in comparisons:
         for name in ("mechlearn", "saelens"):
+            if name not in comparison:
+                continue
             row = comparison[name]
-            print(f"{comparison['kind']:<5} {name:<10} {row['activations_per_s']:>8} {row['flops_per_s'] / 1e9:>8.1f} "
+            print(f"{comparison['batch_size']:>5} {comparison['steps']:>5} {comparison['kind']:<5} {name:<10} "
+                  f"{row['activations_per_s']:>8} {row['flops_per_s'] / 1e9:>8.1f} "
                   f"{row['flops_per_s'] / peak:>8.0%} {row['dense_equivalent_flops_per_s'] / peak:>9.0%} "
                   f"{row['explained_variance']:>9.3f} {row['l0']:>7.1f}  " + ", ".join(f"{seconds:.1f}" for seconds in row["seconds"]))
     print("GFLOP/s and 'of peak' count the FLOPs each trainer computes (see Run.flops_per_step); 'dense-eq.' counts "
           "the 5 dense matmuls a step needs, whatever it computes")
-    for comparison in report["comparisons"]:
-        print(f"{comparison['kind']}: mechlearn / SAELens = {comparison['speedup']:.2f}x (goal >= {SPEEDUP_GOAL}x); "
-              f"mechlearn at {comparison['mechlearn']['flops_per_s'] / peak:.0%} of peak (goal >= {PEAK_FRACTION_GOAL:.0%})")
+    for comparison in comparisons:
+        line = f"batch {comparison['batch_size']}, {comparison['kind']}: "
+        if "speedup" in comparison:
+            line += f"mechlearn / SAELens = {comparison['speedup']:.2f}x (goal >= {SPEEDUP_GOAL}x); "
+        print(line + f"mechlearn at {comparison['mechlearn']['flops_per_s'] / peak:.0%} of peak (goal >= {PEAK_FRACTION_GOAL:.0%})")
+    for batch, ratio in report["topk_over_relu"].items():
+        print(f"batch {batch}: mechlearn TopK / ReLU activations/s = {ratio:.2f}x (goal >= {TOPK_OVER_RELU_GOAL}x)")
 
 
 def main() -> None:
@@ -297,14 +330,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="cached training activations")
     parser.add_argument("--held-out-rows", type=int, default=20_000, help="activations from other games, for quality")
     parser.add_argument("--d-sae", type=int, default=1024, help="latents (d_in is 128)")
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=200, help="training steps of a timed run")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096], help="one round of runs each")
+    parser.add_argument("--steps", type=int, help=f"training steps of a timed run (default: {ACTIVATIONS_PER_RUN:,} "
+                        "activations' worth, 200 steps at batch 4096, 800 at 1024)")
     parser.add_argument("--warmup-steps", type=int, default=10, help="training steps of the untimed warm-up run")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--l1-coefficient", type=float, default=1.0, help="ReLU SAEs")
     parser.add_argument("--k", type=int, default=16, help="TopK SAEs")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per trainer and kind; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-saelens", action="store_true", help="time mechlearn only (no SAELens environment needed)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--saelens-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,27 +349,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_average = os.getloadavg()[0]  # other jobs on the machine slow both trainers and the peak
 
-    python = saelens_python()
+    python = None if args.no_saelens else saelens_python()
     activations = cache_activations(args.rows, args.seed)
     held_out = cache_activations(args.held_out_rows, args.seed + 1)
     runs = [
-        Run(kind=kind, d_in=activations.shape[1], d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
-            lr=args.lr, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
-            seed=args.seed, threads=args.threads)
-        for kind in args.kinds
+        [Run(kind=kind, d_in=activations.shape[1], d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
+             lr=args.lr, batch_size=batch_size, steps=args.steps or max(1, ACTIVATIONS_PER_RUN // batch_size),
+             warmup_steps=args.warmup_steps, seed=args.seed, threads=args.threads)
+         for kind in args.kinds]
+        for batch_size in args.batch_sizes
     ]
     peak_before = peak_flops()
     with tempfile.TemporaryDirectory() as directory:
         activations_path = Path(directory) / "activations.pt"
         torch.save(activations, activations_path)
-        comparisons = [compare(run, args.repeats, python, activations, activations_path, held_out) for run in runs]
+        comparisons = [comparison for same_batch in runs
+                       for comparison in compare(same_batch, args.repeats, python, activations, activations_path, held_out)]
     # The best of before and after: a busy machine lowers the peak, which would flatter the trainers.
     peak = max(peak_before, peak_flops())
+    shared = {name: value for name, value in dataclasses.asdict(runs[0][0]).items() if name not in ("kind", "batch_size", "steps")}
     report = {
         "torch": torch.__version__, "load_average_before": load_average, "load_average_after": os.getloadavg()[0],
         "peak_flops_per_s": peak, "rows": len(activations), "held_out_rows": len(held_out),
-        "run": {name: value for name, value in dataclasses.asdict(runs[0]).items() if name != "kind"},
-        "comparisons": comparisons,
+        "run": shared, "comparisons": comparisons, "topk_over_relu": topk_over_relu(comparisons),
     }
     if args.json:
         print(json.dumps(report, indent=1))

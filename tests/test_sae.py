@@ -198,6 +198,13 @@ def test_hand_written_backward_passes_gradcheck(kind) -> None:
     assert torch.autograd.gradcheck(autoencoder, (x, W_enc, bias, W_dec, b_dec))
 
 
+def test_sampled_matmul_is_the_gathered_product() -> None:
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 5, generator=generator, dtype=torch.float64), torch.randn(5, 11, generator=generator, dtype=torch.float64)
+    columns = torch.rand(7, 11, generator=generator).topk(3, dim=1).indices.sort(dim=1).values
+    torch.testing.assert_close(mechlearn.sae._sampled_matmul(a, b, columns), (a @ b).gather(1, columns))
+
+
 @pytest.mark.parametrize("config", [RELU, TOPK])
 def test_sae_loss_matches_plain_autograd(config) -> None:
     x = DATA.sample(256, torch.Generator().manual_seed(0)).requires_grad_()
