@@ -3,10 +3,12 @@
 Every notebook calls `device()` once and moves models and data there, so the same
 notebook runs on a laptop CPU and on a GPU without edits.
 
-Every random draw in the library comes from `generator_for(stream, seed)`: one stream per
-purpose (an SAE's initial decoder, a planted dictionary, a probe's validation split, ...),
-so equal seeds never make two independent things share random numbers. Otherwise an SAE
-seeded 0 would start on exactly the planted dictionary seeded 0 that it is meant to find.
+Random draws in the library come from `generator_for(stream, seed)`: one stream per purpose
+(an SAE's initial decoder, a planted dictionary, a probe's validation split, ...), so equal
+seeds never make two independent things share random numbers. Otherwise an SAE seeded 0
+would start on exactly the planted dictionary seeded 0 that it is meant to find. The
+exceptions, such as the token stream the zoo's checkpoints were trained on, are listed with
+their reasons in `tests/test_randomness.py`.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def generator_for(stream: str, seed: int, device: str | torch.device | None = No
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
     digest = hashlib.blake2b(f"{stream}/{seed}".encode(), digest_size=8).digest()
-    return torch.Generator(device).manual_seed(int.from_bytes(digest, "little") >> 1)  # manual_seed takes 63 bits
+    return torch.Generator(device).manual_seed(int.from_bytes(digest, "little") >> 1)  # 63 bits: a non-negative int64
 
 
 def use_deterministic_algorithms(enabled: bool = True) -> None:
