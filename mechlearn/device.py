@@ -28,12 +28,28 @@ def device() -> torch.device:
     """
     forced = os.environ.get("MECHLEARN_DEVICE")
     if forced:
-        return torch.device(forced)
+        return _available_device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _available_device(name: str) -> torch.device:
+    """`MECHLEARN_DEVICE` as a torch device, refused in one sentence if it is not a device or not on this machine."""
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"MECHLEARN_DEVICE={name!r} is not a device torch knows; use cpu, cuda, cuda:1 or mps.") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (chosen.index or 0) < torch.cuda.device_count(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if not available.get(chosen.type, False):
+        raise ValueError(f"MECHLEARN_DEVICE={name!r}, but this machine has no such device; unset it to let mechlearn choose.")
+    return chosen
 
 
 def seed_everything(seed: int) -> torch.Generator:
