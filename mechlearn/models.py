@@ -12,9 +12,12 @@ import hashlib
 import importlib
 import json
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
+import huggingface_hub
+import huggingface_hub.constants
 import torch
 # Importing the transformers source attaches TransformerBridge.boot_transformers.
 import transformer_lens.model_bridge.sources.transformers  # noqa: F401
@@ -233,14 +236,35 @@ def load_pretrained(name: str, device: str | torch.device | None = None, **kwarg
                 "model.save_pretrained(folder)."
             )
         return TransformerBridge.boot_transformers(str(folder), device=device, **kwargs)
+    if not huggingface_hub.constants.HF_HUB_OFFLINE and not _is_cached(name) and not _hub_reachable():
+        raise _unavailable(name)  # now, not after the hub client's half a minute of retries
     try:
         return TransformerBridge.boot_transformers(name, device=device, **kwargs)
     except Exception as error:
         if not _is_network_failure(error):
             raise  # e.g. a misspelt repo name: the hub's own message is the clearest
         # `from None`: the chain is pages of HTTP retries that only hide the one fact that matters.
-        raise PretrainedUnavailable(
-            f"Could not load {name!r}: there is no network connection and it is not in the local "
-            "Hugging Face cache; the course runs offline on its own toy models, see "
-            "mechlearn.zoo.list_models() and mechlearn.zoo.load(name)."
-        ) from None
+        raise _unavailable(name) from None
+
+
+def _unavailable(name: str) -> PretrainedUnavailable:
+    return PretrainedUnavailable(
+        f"Could not load {name!r}: there is no network connection and it is not in the local "
+        "Hugging Face cache; the course runs offline on its own toy models, see "
+        "mechlearn.zoo.list_models() and mechlearn.zoo.load(name)."
+    )
+
+
+def _is_cached(name: str) -> bool:
+    """Whether the hub model `name` has a config in the local Hugging Face cache."""
+    return isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a connection to the hub opens within `timeout` seconds."""
+    endpoint = urllib.parse.urlsplit(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True

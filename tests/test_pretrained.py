@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+import mechlearn.models
 from mechlearn.models import PretrainedUnavailable, load_pretrained
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -75,7 +76,33 @@ def test_hub_name_offline_and_not_cached_fails_fast(offline_empty_cache):
     assert info.value.__cause__ is None and info.value.__suppress_context__  # raised `from None`
 
 
-def test_wrapped_connection_error_becomes_pretrained_unavailable(monkeypatch):
+@pytest.fixture
+def hub_answers(monkeypatch):
+    """The hub seems reachable, so that the errors below come from the load itself."""
+    monkeypatch.setattr(mechlearn.models, "_hub_reachable", lambda: True)
+
+
+def test_no_network_without_the_offline_flag_fails_before_the_hub_client_retries(tmp_path, monkeypatch):
+    """The hub client would retry for about half a minute; one short connection attempt says it at once."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    attempts = []
+
+    def refuse(address, timeout):
+        attempts.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the hub client was asked, and would have retried")
+
+    monkeypatch.setattr(mechlearn.models.socket, "create_connection", refuse)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", must_not_run)
+    with pytest.raises(PretrainedUnavailable, match=r"no network connection.*mechlearn\.zoo"):
+        load_pretrained("gpt2")
+    assert len(attempts) == 1 and attempts[0][1] <= 5
+
+
+def test_wrapped_connection_error_becomes_pretrained_unavailable(monkeypatch, hub_answers):
     # Without the offline flag, transformers wraps the HTTP error in a plain OSError.
     def boot_without_network(*args, **kwargs):
         try:
@@ -88,7 +115,7 @@ def test_wrapped_connection_error_becomes_pretrained_unavailable(monkeypatch):
         load_pretrained("gpt2")
 
 
-def test_other_hub_errors_are_not_reported_as_no_network(monkeypatch):
+def test_other_hub_errors_are_not_reported_as_no_network(monkeypatch, hub_answers):
     def boot_unknown_repo(*args, **kwargs):
         raise OSError("nosuchorg/nosuchmodel is not a valid model identifier")
 
