@@ -552,8 +552,10 @@ def _record(sae: SAE, x: Float[Tensor, "batch d_in"], loss: Float[Tensor, ""], s
 
 def _check_pair(x: object, reconstruction: object) -> None:
     for name, value in (("x", x), ("reconstruction", reconstruction)):
-        if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a float tensor of shape [batch d_in], got {describe(value)}.")
+        if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
+            raise ValueError(f"{name} must be a non-empty float tensor of shape [batch d_in], got {describe(value)}.")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or inf, so no error measured on it would mean anything.")
     if x.shape != reconstruction.shape:
         raise ValueError(f"x {tuple(x.shape)} and reconstruction {tuple(reconstruction.shape)} must have the same shape.")
 
@@ -561,8 +563,8 @@ def _check_pair(x: object, reconstruction: object) -> None:
 @torch.no_grad()
 def l0(latents: Float[Tensor, "batch d_sae"]) -> float:
     """The mean number of active (non-zero) latents per input."""
-    if not isinstance(latents, Tensor) or latents.ndim != 2:
-        raise ValueError(f"latents must be a tensor of shape [batch d_sae], got {describe(latents)}.")
+    if not isinstance(latents, Tensor) or latents.ndim != 2 or len(latents) == 0:
+        raise ValueError(f"latents must be a non-empty tensor of shape [batch d_sae], got {describe(latents)}.")
     if latents.dtype.is_floating_point and torch.isnan(latents).any():
         raise ValueError("latents contain NaN, which is neither active nor silent; check the SAE's weights and inputs.")
     return (latents != 0).sum(dim=-1).float().mean().item()

@@ -451,6 +451,14 @@ def test_metrics_check_their_inputs() -> None:
         l0(torch.zeros(4))
     with pytest.raises(ValueError, match="NaN"):
         l0(torch.tensor([[0.0, float("nan")]]))  # NaN is not an active latent
+    with pytest.raises(ValueError, match="non-empty"):
+        l0(torch.zeros(0, 4))  # the mean of nothing would be nan
+    for metric in (mse, explained_variance):
+        with pytest.raises(ValueError, match="non-empty"):
+            metric(torch.zeros(0, 2), torch.zeros(0, 2))
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="reconstruction contains NaN or inf"):
+                metric(torch.ones(3, 2), torch.full((3, 2), bad))
     for bad in (torch.zeros(0, 4), torch.zeros(4), torch.zeros(2, 4, dtype=torch.long)):
         with pytest.raises(ValueError, match="latents"):
             held_out_dead_fraction(bad)
