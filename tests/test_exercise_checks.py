@@ -14,6 +14,9 @@ from nbclient import NotebookClient
 
 from mechlearn.course import ROOT, exercise_count, make_exercise_notebook
 
+# No cell takes a minute; a cell "running" for five has lost its reply (see the rerun below).
+CELL_TIMEOUT = 300
+
 EXERCISES = [
     path
     for path in sorted((ROOT / "solutions").rglob("*.ipynb"))
@@ -33,7 +36,7 @@ def run_notebook(
         NotebookClient(
             nb,
             kernel_name="python3",
-            timeout=600,
+            timeout=CELL_TIMEOUT,
             allow_errors=allow_errors,
             resources={"metadata": {"path": str(cwd)}},
         ).execute()
@@ -42,6 +45,10 @@ def run_notebook(
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
 
 
+# Now and then nbclient waits for a reply that the kernel, idle, has already sent (the current
+# nbclient, jupyter_client and pyzmq; seen about once in five long runs): one rerun on a cell timeout,
+# and on no other failure.
+@pytest.mark.flaky(reruns=1, only_rerun=["CellTimeoutError"])
 @pytest.mark.parametrize("solution", EXERCISES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_checks_pass_on_solution_and_fail_on_exercise(
     solution: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
