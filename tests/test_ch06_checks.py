@@ -261,12 +261,12 @@ def test_explained_variance_returning_the_unexplained_fraction() -> None:
 # --- window_dead_fraction ------------------------------------------------------------------------
 
 
-def test_dead_fraction_with_a_strict_comparison() -> None:
+def test_window_dead_fraction_with_a_strict_comparison() -> None:
     message = expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps > window).float().mean(), hint_contains=">=, not >")
     assert "is 0.222222, expected 0.444444" in message
 
 
-def test_dead_fraction_as_a_count() -> None:
+def test_window_dead_fraction_as_a_count() -> None:
     expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps >= window).sum(), hint_contains="not their count")
 
 
