@@ -31,9 +31,13 @@ def device() -> torch.device:
         return _available_device(forced)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _has_mps():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def _available_device(name: str) -> torch.device:
@@ -45,7 +49,7 @@ def _available_device(name: str) -> torch.device:
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available() and (chosen.index or 0) < torch.cuda.device_count(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "mps": _has_mps(),
     }
     if not available.get(chosen.type, False):
         raise ValueError(f"MECHLEARN_DEVICE={name!r}, but this machine has no such device; unset it to let mechlearn choose.")

@@ -560,13 +560,17 @@ def _check_pair(x: object, reconstruction: object) -> None:
         raise ValueError(f"x {tuple(x.shape)} and reconstruction {tuple(reconstruction.shape)} must have the same shape.")
 
 
+def _check_latents(latents: object) -> None:
+    if not isinstance(latents, Tensor) or latents.ndim != 2 or not latents.dtype.is_floating_point or len(latents) == 0:
+        raise ValueError(f"latents must be a non-empty float tensor of shape [n d_sae], got {describe(latents)}.")
+    if torch.isnan(latents).any():
+        raise ValueError("latents contain NaN, which is neither active nor silent; check the SAE's weights and inputs.")
+
+
 @torch.no_grad()
 def l0(latents: Float[Tensor, "batch d_sae"]) -> float:
     """The mean number of active (non-zero) latents per input."""
-    if not isinstance(latents, Tensor) or latents.ndim != 2 or len(latents) == 0:
-        raise ValueError(f"latents must be a non-empty tensor of shape [batch d_sae], got {describe(latents)}.")
-    if latents.dtype.is_floating_point and torch.isnan(latents).any():
-        raise ValueError("latents contain NaN, which is neither active nor silent; check the SAE's weights and inputs.")
+    _check_latents(latents)
     return (latents != 0).sum(dim=-1).float().mean().item()
 
 
@@ -606,10 +610,7 @@ def window_dead_fraction(steps_since_fired: Int[Tensor, "d_sae"], dead_window: i
 @torch.no_grad()
 def held_out_dead_fraction(latents: Float[Tensor, "n d_sae"]) -> float:
     """The fraction of latents that never fire (are never non-zero) on these inputs: pass the latents of held-out activations."""
-    if not isinstance(latents, Tensor) or latents.ndim != 2 or not latents.dtype.is_floating_point or len(latents) == 0:
-        raise ValueError(f"latents must be a non-empty float tensor of shape [n d_sae], got {describe(latents)}.")
-    if torch.isnan(latents).any():
-        raise ValueError("latents contain NaN, which is neither firing nor silent; check the SAE's weights and inputs.")
+    _check_latents(latents)
     return (latents == 0).all(dim=0).float().mean().item()
 
 

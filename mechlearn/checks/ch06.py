@@ -210,7 +210,7 @@ def check_window_dead_fraction(window_dead_fraction) -> None:
 
 @check
 def check_held_out_dead_fraction(held_out_dead_fraction) -> None:
-    """Two batches: latents that fire on one input only, negative pre-activations never kept, exact zeros elsewhere."""
+    """Latents that fire on one input only: the last, so that latent 5 is alive in the whole batch and dead in its first half."""
     latents = torch.tensor(
         [
             [0.0, 2.0, 0.0, 0.0, 0.5, 0.0],
