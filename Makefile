@@ -6,11 +6,13 @@ VENV   ?= .venv
 # The local CPU build; an unpinned torch would pull gigabytes of CUDA packages.
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
-FIRST_CHAPTER := chapters/1_foundations/01_transformers_from_scratch.ipynb
+FIRST_CHAPTER := 1_foundations/01_transformers_from_scratch.ipynb
+# Project settings for JupyterLab: no "Jupyter news?" prompt, no update check (we are offline).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 
 .PHONY: setup lab test chapters zoo
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(LAB_SETTINGS)
 
 $(VENV)/.installed: pyproject.toml
 	@echo "Setting up $(VENV) (first time only; a few minutes)..."
@@ -19,11 +21,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+$(LAB_SETTINGS): jupyterlab-overrides.json
+	mkdir -p $(dir $@)
+	cp $< $@
+
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The learner works in workspace/ (git-ignored): copies of chapters/ that later updates never overwrite.
 lab: setup
-	$(BIN)/jupyter lab $(ALLOW_ROOT) --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(FIRST_CHAPTER)
+	$(BIN)/python -m mechlearn.workspace
+	$(BIN)/jupyter lab $(ALLOW_ROOT) --ServerApp.root_dir=workspace --LabApp.default_url=/lab/tree/$(FIRST_CHAPTER)
 
 test: setup
 	$(BIN)/python -m pytest
