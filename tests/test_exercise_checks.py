@@ -1,10 +1,13 @@
-"""Every exercise check passes on the solution notebook and fails, with a hint, on the exercise.
+"""Every exercise check fails, with a hint, on the exercise notebook.
 
-Checks are functions decorated with `mechlearn.checks.check`. With MECHLEARN_CHECK_LOG set
-to a file, each check call appends a JSON line {"check", "passed", "message"} there instead
-of raising, so one run of a notebook records every check it reached.
+That the checks pass on the solutions needs no second run: nbval executes every solution
+notebook, and a failing check raises there. Here each exercise notebook runs once. Checks
+are functions decorated with `mechlearn.checks.check`; with MECHLEARN_CHECK_LOG set to a
+file, each check call appends a JSON line {"check", "passed", "message"} there instead of
+raising, so one run of a notebook records every check it reached.
 """
 
+import ast
 import json
 from pathlib import Path
 
@@ -25,10 +28,8 @@ EXERCISES = [
 ]
 
 
-def run_notebook(
-    nb: nbformat.NotebookNode, cwd: Path, log: Path, allow_errors: bool, monkeypatch: pytest.MonkeyPatch
-) -> list[dict]:
-    """Execute `nb` in a fresh python3 kernel and return the check records it logged."""
+def run_notebook(nb: nbformat.NotebookNode, cwd: Path, log: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Execute `nb` in a fresh python3 kernel, past cells that raise, and return the check records it logged."""
     log.unlink(missing_ok=True)
     with monkeypatch.context() as env:  # the kernel inherits os.environ when it starts
         env.setenv("MECHLEARN_CHECK_LOG", str(log))
@@ -37,7 +38,7 @@ def run_notebook(
             nb,
             kernel_name="python3",
             timeout=CELL_TIMEOUT,
-            allow_errors=allow_errors,
+            allow_errors=True,
             resources={"metadata": {"path": str(cwd)}},
         ).execute()
     if not log.exists():
@@ -45,31 +46,50 @@ def run_notebook(
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
 
 
+def checks_called(nb: nbformat.NotebookNode) -> set[str]:
+    """Labels of the checks the notebook's code calls, e.g. {'layer_norm'} for `check_layer_norm(...)`."""
+    labels = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        code = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
+                if name.startswith("check_"):
+                    labels.add(name.removeprefix("check_"))
+    return labels
+
+
 # Now and then nbclient waits for a reply that the kernel, idle, has already sent (the current
 # nbclient, jupyter_client and pyzmq; seen about once in five long runs): one rerun on a cell timeout,
 # and on no other failure.
 @pytest.mark.flaky(reruns=1, only_rerun=["CellTimeoutError"])
 @pytest.mark.parametrize("solution", EXERCISES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_checks_pass_on_solution_and_fail_on_exercise(
-    solution: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_checks_fail_on_the_exercise(solution: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nb = nbformat.read(solution, as_version=4)
-    log = tmp_path / "checks.jsonl"
-
-    records = run_notebook(nb, solution.parent, log, allow_errors=False, monkeypatch=monkeypatch)
-    failed = [r for r in records if not r["passed"]]
-    assert failed == [], f"checks fail on the solution: {failed}"
-    checks = {r["check"] for r in records}
+    checks = checks_called(nb)
     assert len(checks) >= exercise_count(nb), (
-        f"{exercise_count(nb)} exercises but only {len(checks)} checks ran: {sorted(checks)}; "
+        f"{exercise_count(nb)} exercises but only {len(checks)} checks called: {sorted(checks)}; "
         "give every exercise a check"
     )
 
     exercise = make_exercise_notebook(nb)
-    records = run_notebook(exercise, solution.parent, log, allow_errors=True, monkeypatch=monkeypatch)
+    records = run_notebook(exercise, solution.parent, tmp_path / "checks.jsonl", monkeypatch)
     reached = {r["check"] for r in records}
     assert checks <= reached, f"checks never ran on the exercise notebook: {sorted(checks - reached)}"
     passed = sorted({r["check"] for r in records if r["check"] in checks and r["passed"]})
     assert passed == [], f"checks pass on the unsolved exercise: {passed}"
     no_hint = [r for r in records if not r["passed"] and "Hint:" not in r["message"]]
     assert no_hint == [], f"failure messages without 'Hint:': {no_hint}"
+
+
+def test_checks_called_finds_plain_and_module_calls() -> None:
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("%matplotlib inline\ncheck_layer_norm(layer_norm)"),
+            nbformat.v4.new_code_cell("ch03.check_induction_scores(f)\nprint(check)"),
+            nbformat.v4.new_markdown_cell("check_not_code(x)"),
+        ]
+    )
+    assert checks_called(nb) == {"layer_norm", "induction_scores"}
