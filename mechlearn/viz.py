@@ -70,6 +70,9 @@ def plot_attention_patterns(
     return figure
 
 
+EXPLORER_CLASS = "mechlearn-explorer"  # how the browser test finds an explorer in the page
+
+
 class AttentionExplorer(widgets.VBox):
     """Pick a layer, a head and a sequence; see that head's attention pattern (chapter 03).
 
@@ -91,6 +94,7 @@ class AttentionExplorer(widgets.VBox):
         for control in (self.layer, self.head, self.sequence):
             control.observe(lambda _: self.redraw(), names="value")
         super().__init__([widgets.HBox([self.layer, self.head, self.sequence]), self.output])
+        self.add_class(EXPLORER_CLASS)
         self.redraw()
 
     def redraw(self) -> None:
@@ -368,6 +372,7 @@ class OthelloExplorer(widgets.VBox):
         self.position.observe(lambda _: self.redraw(), names="value")
         controls = widgets.HBox([self.previous, self.position, self.next])
         super().__init__([controls, self.caption, widgets.HBox(self.outputs)])
+        self.add_class(EXPLORER_CLASS)
         self.redraw()
 
     def describe(self, position: int) -> str:
@@ -739,6 +744,7 @@ class FeatureBrowser(widgets.VBox):
         top_row = widgets.HBox(self.outputs[2:], layout=dict(flex_flow="row wrap"))
         super().__init__([widgets.HBox([self.previous, self.latent, self.next]), self.caption,
                           widgets.HBox(self.outputs[:2]), top_row])
+        self.add_class(EXPLORER_CLASS)
         self.redraw()
 
     def describe(self, latent: int) -> str:
