@@ -3,6 +3,9 @@
 Each check runs the learner's code next to a TransformerLens native model with the
 same weights and compares the two to 1e-5. The reference model has random weights,
 biases and LayerNorm parameters, so forgetting a bias or a LayerNorm scale shows.
+Where that one input cannot tell a near miss from the answer (a hard-coded eps, a
+one-hot sized by the batch, an attention-only block), a second input is compared
+with `mechlearn.transformer`; sampling is checked row by row and for its generator.
 """
 
 from __future__ import annotations
