@@ -5,6 +5,7 @@ import math
 import einops
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from check_helpers import expect_failure
 
@@ -54,11 +55,52 @@ def layer_norm_without_w_b(x, w, b, eps=1e-5):
     return (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
 
 
-@pytest.mark.parametrize("mistake", [layer_norm_unbiased, layer_norm_without_w_b])
+def layer_norm_with_constant_eps(x, w, b, eps=1e-5):
+    return layer_norm(x, w, b, eps=1e-5)  # ignores the eps it was given
+
+
+def layer_norm_eps_outside_root(x, w, b, eps=1e-5):
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w + b
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "mistake", [layer_norm_unbiased, layer_norm_without_w_b, layer_norm_with_constant_eps, layer_norm_eps_outside_root]
+)
 def test_layer_norm_mistakes(mistake) -> None:
     expect_failure(ch01.check_layer_norm, mistake, hint_contains="biased variance")
 
 
+def test_layer_norm_ignoring_eps_gets_the_eps_hint() -> None:
+    message = expect_failure(ch01.check_layer_norm, layer_norm_with_constant_eps, hint_contains="use the `eps` argument")
+    assert "eps=0.001" in message
+
+
+@pytest.mark.mistake
+def test_layer_norm_editing_x_in_place() -> None:
+    def layer_norm_in_place(x, w, b, eps=1e-5):
+        x -= x.mean(-1, keepdim=True)
+        x /= (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        return x * w + b
+
+    message = expect_failure(ch01.check_layer_norm, layer_norm_in_place, hint_contains="in-place")
+    assert "changed its argument `x` in place" in message
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps),
+        lambda x, w, b, eps=1e-5: (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + eps) * w + b,
+    ],
+    ids=["F_layer_norm", "rsqrt_of_biased_var"],
+)
+def test_layer_norm_alternatives_pass(answer) -> None:
+    ch01.check_layer_norm(answer)
+
+
+@pytest.mark.mistake
 def test_embed_with_transposed_w_e() -> None:
     def embed(tokens, W_E):
         return W_E.T[:, tokens]  # (d_model, batch, pos)
@@ -67,6 +109,7 @@ def test_embed_with_transposed_w_e() -> None:
     assert "has shape (24, 2, 9), expected (2, 9, 24)" in message
 
 
+@pytest.mark.mistake
 def test_embed_one_hot_in_integers() -> None:
     def embed(tokens, W_E):
         return F.one_hot(tokens, W_E.shape[0]) @ W_E.long()
@@ -74,6 +117,25 @@ def test_embed_one_hot_in_integers() -> None:
     expect_failure(ch01.check_embed, embed, hint_contains="floating point")
 
 
+@pytest.mark.mistake
+def test_embed_one_hot_sized_by_the_tokens() -> None:
+    def embed(tokens, W_E):
+        return F.one_hot(tokens).float() @ W_E  # as wide as the largest token in the batch, not the vocabulary
+
+    message = expect_failure(ch01.check_embed, embed, hint_contains="whether or not it occurs")
+    assert message.startswith("✗ embed: for the tokens [[3, 0, 3], [1, 1, 7]]: `embed` raised RuntimeError")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [lambda tokens, W_E: F.embedding(tokens, W_E), lambda tokens, W_E: F.one_hot(tokens, W_E.shape[0]).to(W_E.dtype) @ W_E],
+    ids=["F_embedding", "one_hot_over_the_vocabulary"],
+)
+def test_embed_alternatives_pass(answer) -> None:
+    ch01.check_embed(answer)
+
+
+@pytest.mark.mistake
 def test_pos_embed_without_batch_dimension() -> None:
     def pos_embed(tokens, W_pos):
         return W_pos[: tokens.shape[1]]
@@ -82,11 +144,20 @@ def test_pos_embed_without_batch_dimension() -> None:
     assert "has shape (9, 24), expected (2, 9, 24)" in message
 
 
+@pytest.mark.mistake
 def test_pos_embed_whole_w_pos() -> None:
     def pos_embed(tokens, W_pos):
         return einops.repeat(W_pos, "pos d -> b pos d", b=tokens.shape[0])
 
     expect_failure(ch01.check_pos_embed, pos_embed)
+
+
+@pytest.mark.mistake
+def test_pos_embed_indexed_by_token_ids() -> None:
+    def pos_embed(tokens, W_pos):
+        return W_pos[tokens]  # the embedding of position `token`, not of the token's position
+
+    expect_failure(ch01.check_pos_embed, pos_embed, hint_contains="first seq_len rows")
 
 
 def scores_with(scale):
@@ -98,6 +169,7 @@ def scores_with(scale):
     return attention_scores
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize(
     "scale",
     [lambda x, W_Q: math.sqrt(x.shape[-1]), lambda x, W_Q: 1.0, lambda x, W_Q: W_Q.shape[-1]],
@@ -107,6 +179,7 @@ def test_attention_scores_wrong_scale(scale) -> None:
     expect_failure(ch01.check_attention_scores, scores_with(scale), hint_contains="sqrt(d_head)")
 
 
+@pytest.mark.mistake
 def test_attention_scores_without_biases() -> None:
     def attention_scores(x, W_Q, b_Q, W_K, b_K):
         return scores_with(lambda x, W_Q: math.sqrt(W_Q.shape[-1]))(x, W_Q, 0 * b_Q, W_K, 0 * b_K)
@@ -122,6 +195,7 @@ def mask_with(keep):
     return apply_causal_mask
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize(
     "mistake",
     [
@@ -132,14 +206,20 @@ def mask_with(keep):
     ids=["masks_diagonal", "masks_lower_triangle", "keeps_only_future"],
 )
 def test_causal_mask_mistakes(mistake) -> None:
-    message = expect_failure(ch01.check_apply_causal_mask, mistake)
+    message = expect_failure(ch01.check_apply_causal_mask, mistake, hint_contains="diagonal=1")
     assert "infinite value(s) where finite values were expected" in message
 
 
-def test_causal_mask_mistake_gets_the_mask_hint() -> None:
-    expect_failure(ch01.check_apply_causal_mask, mask_with(lambda ones: ones.tril(diagonal=-1)), hint_contains="diagonal=1")
+@pytest.mark.mistake
+def test_causal_mask_zeroing_the_future() -> None:
+    def apply_causal_mask(scores):
+        return scores.tril()  # a score of 0 still gets softmax weight
+
+    message = expect_failure(ch01.check_apply_causal_mask, apply_causal_mask, hint_contains="diagonal=1")
+    assert "expected -inf, got 0" in message
 
 
+@pytest.mark.mistake
 def test_causal_mask_of_fixed_size() -> None:
     fixed = torch.ones(5, 5, dtype=torch.bool).triu(diagonal=1)
 
@@ -159,21 +239,37 @@ def test_causal_mask_with_large_negative_number_passes(capsys: pytest.CaptureFix
     assert "✓ apply_causal_mask" in capsys.readouterr().out
 
 
-def attention_with(softmax_dim=-1, use_b_V=True, use_b_O=True):
+def test_causal_mask_filled_in_place_passes() -> None:
+    # Attention builds its scores afresh, so masking them in place (as ARENA does) is no mistake.
+    def apply_causal_mask(scores):
+        return scores.masked_fill_(torch.ones(scores.shape[-2:], dtype=torch.bool).triu(diagonal=1), float("-inf"))
+
+    ch01.check_apply_causal_mask(apply_causal_mask)
+
+
+def attention_with(softmax_dim=-1, use_b_V=True, use_b_O=True, mask=transformer.apply_causal_mask, head_reduction="sum"):
     def attention(x, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O):
-        scores = transformer.apply_causal_mask(transformer.attention_scores(x, W_Q, b_Q, W_K, b_K))
+        scores = mask(transformer.attention_scores(x, W_Q, b_Q, W_K, b_K))
         pattern = scores.softmax(dim=softmax_dim).nan_to_num()
         v = einops.einsum(x, W_V, "b p d, h d e -> b p h e") + (b_V if use_b_V else 0)
         z = einops.einsum(pattern, v, "b h q k, b k h e -> b q h e")
-        return einops.einsum(z, W_O, "b p h e, h e d -> b p d") + (b_O if use_b_O else 0)
+        per_head = einops.einsum(z, W_O, "b p h e, h e d -> b p h d")
+        return einops.reduce(per_head, "b p h d -> b p d", head_reduction) + (b_O if use_b_O else 0)
 
     return attention
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize(
     "mistake",
-    [attention_with(softmax_dim=-2), attention_with(use_b_V=False), attention_with(use_b_O=False)],
-    ids=["softmax_over_queries", "no_b_V", "no_b_O"],
+    [
+        attention_with(softmax_dim=-2),
+        attention_with(use_b_V=False),
+        attention_with(use_b_O=False),
+        attention_with(mask=lambda scores: scores),
+        attention_with(head_reduction="mean"),
+    ],
+    ids=["softmax_over_queries", "no_b_V", "no_b_O", "no_causal_mask", "mean_over_heads"],
 )
 def test_attention_mistakes(mistake) -> None:
     expect_failure(ch01.check_attention, mistake, hint_contains="softmax over key_pos")
@@ -186,6 +282,7 @@ def mlp_with(activation):
     return mlp
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize(
     "activation",
     [F.relu, lambda h: F.gelu(h, approximate="tanh"), lambda h: h],
@@ -200,6 +297,7 @@ def test_mlp_reference_matches_hand_written() -> None:
     ch01.check_mlp(mlp_with(F.gelu))
 
 
+@pytest.mark.mistake
 def test_unembed_returning_probabilities() -> None:
     def unembed(x, W_U, b_U):
         return (x @ W_U + b_U).softmax(dim=-1)
@@ -207,6 +305,7 @@ def test_unembed_returning_probabilities() -> None:
     expect_failure(ch01.check_unembed, unembed, hint_contains="W_U + b_U")
 
 
+@pytest.mark.mistake
 def test_unembed_forgetting_b_u() -> None:
     def unembed(x, W_U, b_U):
         return x @ W_U
@@ -214,6 +313,7 @@ def test_unembed_forgetting_b_u() -> None:
     expect_failure(ch01.check_unembed, unembed, hint_contains="b_U")
 
 
+@pytest.mark.mistake
 def test_unembed_with_transposed_w_u() -> None:
     def unembed(x, W_U, b_U):
         return x @ W_U.T + b_U
@@ -238,9 +338,25 @@ class BlockWithParallelMlp(transformer.TransformerBlock):
         return resid_pre + attn_out + mlp_out  # the MLP must read resid_mid, not resid_pre
 
 
+class BlockAlwaysWithMlp(transformer.TransformerBlock):
+    """Runs the MLP half whatever the config says, as a forward without the `has_mlp` branch does."""
+
+    def forward(self, resid_pre):
+        self.has_mlp = True
+        return super().forward(resid_pre)
+
+
+@pytest.mark.mistake
 @pytest.mark.parametrize("mistake", [BlockWithoutResidual, BlockWithParallelMlp])
 def test_transformer_block_mistakes(mistake) -> None:
     expect_failure(ch01.check_transformer_block, mistake, hint_contains="resid_mid = resid_pre + attention")
+
+
+@pytest.mark.mistake
+def test_transformer_block_ignoring_attn_only() -> None:
+    message = expect_failure(ch01.check_transformer_block, BlockAlwaysWithMlp, hint_contains="self.has_mlp")
+    assert message.startswith("✗ transformer_block: with an attention-only config (d_mlp=None): `BlockAlwaysWithMlp` raised")
+    assert "no attribute 'ln2_w'" in message
 
 
 class TransformerWithoutFinalLayerNorm(transformer.Transformer):
@@ -259,31 +375,108 @@ class TransformerWithoutPosEmbed(transformer.Transformer):
         return transformer.unembed(layer_norm(resid, self.ln_final_w, self.ln_final_b), self.W_U, self.b_U)
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize("mistake", [TransformerWithoutFinalLayerNorm, TransformerWithoutPosEmbed])
 def test_transformer_mistakes(mistake) -> None:
     expect_failure(ch01.check_transformer, mistake, hint_contains="the final LayerNorm")
 
 
-def test_sample_next_token_multiplying_by_temperature() -> None:
-    def sample_next_token(logits, temperature=1.0, generator=None):
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        return torch.multinomial((logits * temperature).softmax(dim=-1), 1, generator=generator)[:, 0]
+def sampler(draw):
+    """A `sample_next_token` that is greedy at temperature 0 and otherwise returns `draw(logits, temperature, generator)`."""
 
+    def sample_next_token(logits, temperature=1.0, generator=None):
+        return logits.argmax(dim=-1) if temperature == 0 else draw(logits, temperature, generator)
+
+    return sample_next_token
+
+
+def multinomial(probs, generator):
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def divide_in_place(logits, temperature, generator):
+    logits /= temperature
+    return multinomial(logits.softmax(dim=-1), generator)
+
+
+def inverse_cdf(n_uniforms):
+    """Invert each row's CDF at a uniform draw: one per row is right, one for the whole batch ties the rows together."""
+
+    def draw(logits, temperature, generator):
+        uniforms = torch.rand(n_uniforms(logits), 1, generator=generator)
+        cdf = (logits / temperature).softmax(dim=-1).cumsum(dim=-1)
+        return torch.searchsorted(cdf, uniforms.expand(len(logits), 1).contiguous())[:, 0].clamp(max=logits.shape[-1] - 1)
+
+    return draw
+
+
+@pytest.mark.mistake
+def test_sample_next_token_multiplying_by_temperature() -> None:
+    sample_next_token = sampler(lambda logits, T, g: multinomial((logits * T).softmax(dim=-1), g))
     message = expect_failure(ch01.check_sample_next_token, sample_next_token, hint_contains="divide the logits")
     assert "frequencies" in message
 
 
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda logits, T, g: torch.multinomial((logits[0] / T).softmax(dim=-1), len(logits), replacement=True, generator=g),
+        inverse_cdf(n_uniforms=lambda logits: 1),
+    ],
+    ids=["first_row_for_all", "one_uniform_for_the_batch"],
+)
+def test_sample_next_token_rows_not_drawn_apart(draw) -> None:
+    message = expect_failure(ch01.check_sample_next_token, sampler(draw), hint_contains="each row has its own distribution")
+    assert "frequencies" in message
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda logits, T, g: multinomial((logits / T).softmax(dim=-1), None),
+        lambda logits, T, g: torch.distributions.Categorical(logits=logits / T).sample(),
+    ],
+    ids=["global_random_state", "categorical_distribution"],
+)
+def test_sample_next_token_ignoring_the_generator(draw) -> None:
+    message = expect_failure(ch01.check_sample_next_token, sampler(draw), hint_contains="`generator` argument")
+    assert "seeded alike drew different tokens" in message
+
+
+@pytest.mark.mistake
+def test_sample_next_token_with_its_own_generator() -> None:
+    own = sampler(lambda logits, T, g: multinomial((logits / T).softmax(dim=-1), torch.Generator().manual_seed(0)))
+    message = expect_failure(ch01.check_sample_next_token, own, hint_contains="`generator` passed in")
+    assert "different seeds drew the same tokens" in message
+
+
+@pytest.mark.mistake
+def test_sample_next_token_dividing_logits_in_place() -> None:
+    message = expect_failure(ch01.check_sample_next_token, sampler(divide_in_place), hint_contains="in-place")
+    assert "changed its argument `logits` in place" in message
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda logits, T, g: (logits / T - torch.rand(logits.shape, generator=g).log().neg().log()).argmax(dim=-1),
+        inverse_cdf(n_uniforms=len),
+    ],
+    ids=["gumbel_max", "inverse_cdf"],
+)
+def test_sample_next_token_alternatives_pass(draw) -> None:
+    ch01.check_sample_next_token(sampler(draw))
+
+
+@pytest.mark.mistake
 def test_sample_next_token_returning_probabilities() -> None:
-    def sample_next_token(logits, temperature=1.0, generator=None):
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        return (logits / temperature).softmax(dim=-1)
-
-    message = expect_failure(ch01.check_sample_next_token, sample_next_token)
-    assert "the samples has shape (20000, 4), expected (20000,)" in message
+    message = expect_failure(ch01.check_sample_next_token, sampler(lambda logits, T, g: (logits / T).softmax(dim=-1)))
+    assert "the samples has shape (40000, 4), expected (40000,)" in message
 
 
+@pytest.mark.mistake
 def test_sample_next_token_greedy_wrong() -> None:
     def sample_next_token(logits, temperature=1.0, generator=None):
         return logits.argmin(dim=-1) if temperature == 0 else sampling.sample_next_token(logits, temperature, generator)
@@ -291,6 +484,7 @@ def test_sample_next_token_greedy_wrong() -> None:
     expect_failure(ch01.check_sample_next_token, sample_next_token, hint_contains="argmax")
 
 
+@pytest.mark.mistake
 def test_trained_sorter_fails_on_untrained_model() -> None:
     task = SortingTask()
     untrained = make_model(ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=None))
@@ -298,8 +492,26 @@ def test_trained_sorter_fails_on_untrained_model() -> None:
     assert "of the sorted digits correctly" in message
 
 
+@pytest.mark.mistake
 def test_trained_sorter_fails_on_a_non_model() -> None:
     expect_failure(ch01.check_trained_sorter, "sort-digits-2l")
+
+
+class PeeksAtTheNextToken(nn.Module):
+    """Perfect on the sorted half, because it reads the answer: what a model without a causal mask learns."""
+
+    def __init__(self):
+        super().__init__()
+        self.confidence = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, tokens):
+        return self.confidence * F.one_hot(tokens.roll(-1, dims=1), SortingTask().d_vocab).float()
+
+
+@pytest.mark.mistake
+def test_trained_sorter_that_sees_the_future() -> None:
+    message = expect_failure(ch01.check_trained_sorter, PeeksAtTheNextToken(), hint_contains="causal mask")
+    assert "the logits up to SEP once the digits after it are changed" in message
 
 
 def test_failing_check_logs_instead_of_raising(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys) -> None:

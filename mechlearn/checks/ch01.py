@@ -3,10 +3,14 @@
 Each check runs the learner's code next to a TransformerLens native model with the
 same weights and compares the two to 1e-5. The reference model has random weights,
 biases and LayerNorm parameters, so forgetting a bias or a LayerNorm scale shows.
+Where that one input cannot tell a near miss from the answer (a hard-coded eps, a
+one-hot sized by the batch, an attention-only block), a second input is compared
+with `mechlearn.transformer`; sampling is checked row by row and for its generator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -14,7 +18,8 @@ import torch
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn.checks.core import call_learner, check, expect, expect_tensor
+from mechlearn import transformer
+from mechlearn.checks.core import CheckFailed, call_learner, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model, model_device
 from mechlearn.tasks import SortingTask
 from mechlearn.train import next_token_accuracy
@@ -45,27 +50,61 @@ def _weights(module: torch.nn.Module, *names: str) -> list[torch.Tensor]:
     return [getattr(module, name).detach().clone() for name in names]
 
 
+def _call_leaving_input_intact(fn: object, name: str, tensor: torch.Tensor, *args: object, **kwargs: object) -> object:
+    """`fn(tensor, *args, **kwargs)` on a copy of `tensor`, failing if `fn` overwrote it: its caller still needs it."""
+    given = tensor.clone()
+    result = call_learner(fn, given, *args, **kwargs)
+    expect(
+        torch.equal(given, tensor),
+        f"your function changed its argument `{name}` in place",
+        hint="the caller may use that tensor again (a block adds its input back to the residual stream): in-place "
+        "operations such as `-=`, `/=` or methods ending in `_` overwrite it, while `x = x - m` makes a new tensor.",
+    )
+    return result
+
+
+def _call_on(case: str, hint: str, fn: object, *args: object, **kwargs: object) -> object:
+    """`call_learner`, but a crash names the `case` the check was trying and gives the check's own hint."""
+    try:
+        return call_learner(fn, *args, **kwargs)
+    except CheckFailed as failure:
+        raise CheckFailed(f"{case}: {failure.problem}", hint) from None
+
+
 @check
 def check_layer_norm(layer_norm) -> None:
-    """`layer_norm(x, w, b)` equals the first LayerNorm of the reference model."""
+    """`layer_norm(x, w, b)` equals the first LayerNorm of the reference model, and follows `eps` where it matters."""
     model, _, cache = reference()
-    actual = call_learner(layer_norm, cache["blocks.0.hook_resid_pre"].clone(), *_weights(model.blocks[0].ln1, "w", "b"))
+    x, (w, b) = cache["blocks.0.hook_resid_pre"], _weights(model.blocks[0].ln1, "w", "b")
+    hint = (
+        "subtract the mean over d_model, divide by sqrt(variance + eps) with the biased variance "
+        "(the mean of the squares), then multiply by w and add b."
+    )
+    actual = _call_leaving_input_intact(layer_norm, "x", x, w, b)
+    expect_tensor(actual, cache["blocks.0.ln1.hook_out"], what="the output of layer_norm", hint=hint, **TOLERANCE)
+    # The rows' variance (about 1e-3 here) is near eps, so eps dropped, hard-coded or outside the root shows.
+    small, eps = 0.1 * x, 1e-3
     expect_tensor(
-        actual,
-        cache["blocks.0.ln1.hook_out"],
-        what="the output of layer_norm",
-        hint="subtract the mean over d_model, divide by sqrt(variance + eps) with the biased variance "
-        "(the mean of the squares), then multiply by w and add b.",
+        call_learner(layer_norm, small.clone(), w, b, eps=eps),
+        transformer.layer_norm(small, w, b, eps=eps),
+        what=f"the output of layer_norm(x, w, b, eps={eps}) on rows whose variance is close to eps",
+        hint=f"use the `eps` argument, not a constant: {hint}",
         **TOLERANCE,
     )
 
 
 @check
 def check_embed(embed) -> None:
-    """`embed(tokens, W_E)` equals `hook_embed`."""
+    """`embed(tokens, W_E)` equals `hook_embed`, also for tokens that leave out the last ids of the vocabulary."""
     model, tokens, cache = reference()
-    actual = call_learner(embed, tokens.clone(), *_weights(model, "W_E"))
-    expect_tensor(actual, cache["hook_embed"], what="the output of embed", hint="index the rows of W_E with the tokens.", **TOLERANCE)
+    (W_E,) = _weights(model, "W_E")
+    hint = "index the rows of W_E with the tokens."
+    expect_tensor(call_learner(embed, tokens.clone(), W_E), cache["hook_embed"], what="the output of embed", hint=hint, **TOLERANCE)
+    # Without the highest token id, a one-hot encoding sized by the tokens instead of W_E comes out too narrow.
+    few = torch.tensor([[3, 0, 3], [1, 1, 7]])
+    case, hint = f"for the tokens {few.tolist()}", f"{hint} Every row of W_E is a possible token, whether or not it occurs in the batch."
+    actual = _call_on(case, hint, embed, few.clone(), W_E)
+    expect_tensor(actual, transformer.embed(few, W_E), what=f"the output of embed {case}", hint=hint, **TOLERANCE)
 
 
 @check
@@ -109,7 +148,7 @@ def check_apply_causal_mask(apply_causal_mask) -> None:
     expected = scores.masked_fill(future, float("-inf"))
     hint = "mask where key_pos > query_pos (torch.triu(..., diagonal=1)); a query may attend to itself."
     expect_tensor(call_learner(apply_causal_mask, scores.clone()), expected, what="the masked scores", hint=hint, **TOLERANCE)
-    # Rectangular and longer inputs too: the mask must come from the scores' shape, not a constant.
+    # A longer input too: the mask must come from the scores' shape, not a constant.
     q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
     real_scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(CONFIG.d_head)
     pattern = call_learner(apply_causal_mask, real_scores.clone()).softmax(dim=-1)
@@ -157,17 +196,22 @@ def check_unembed(unembed) -> None:
 
 @check
 def check_transformer_block(TransformerBlock) -> None:
-    """A block with layer 1's weights maps `resid_pre` to `resid_post` as TransformerLens does."""
+    """A block with layer 1's weights maps `resid_pre` to `resid_post` as TransformerLens does; attention-only, to `resid_mid`."""
     model, _, cache = reference()
+    resid_pre = cache["blocks.1.hook_resid_pre"]
     block = load_block_weights_from(call_learner(TransformerBlock, CONFIG), model.blocks[1])
-    actual = call_learner(block, cache["blocks.1.hook_resid_pre"].clone())
     expect_tensor(
-        actual,
+        call_learner(block, resid_pre.clone()),
         cache["blocks.1.hook_resid_post"],
         what="the output of your TransformerBlock",
         hint="resid_mid = resid_pre + attention(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).",
         **TOLERANCE,
     )
+    # Chapter 03's models are attention-only: such a block has no MLP weights at all.
+    case, hint = "with an attention-only config (d_mlp=None)", "with `config.attn_only` the block has no MLP: look at `self.has_mlp`."
+    block = load_block_weights_from(_call_on(case, hint, TransformerBlock, dataclasses.replace(CONFIG, d_mlp=None)), model.blocks[1])
+    actual = _call_on(case, hint, block, resid_pre.clone())
+    expect_tensor(actual, cache["blocks.1.hook_resid_mid"], what=f"the output of your TransformerBlock {case}", hint=hint, **TOLERANCE)
 
 
 @check
@@ -185,24 +229,58 @@ def check_transformer(Transformer) -> None:
     )
 
 
+# Two rows with different distributions, so that every row must be sampled from its own.
+SAMPLING_ROWS = torch.tensor([[2.0, 1.0, 0.0, -1.0], [-1.0, 0.5, 3.0, 0.0]])
+
+
 @check
 def check_sample_next_token(sample_next_token) -> None:
-    """Greedy at temperature 0; at temperature T the draws follow softmax(logits / T)."""
+    """Greedy at temperature 0; at temperature T each row's draws follow softmax(row / T), as the generator decides."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 7, generator=generator)
-    greedy = call_learner(sample_next_token, logits.clone(), 0.0, generator)
+    greedy = _call_leaving_input_intact(sample_next_token, "logits", logits, 0.0, generator)
     expect_tensor(greedy, logits.argmax(dim=-1), what="the greedy samples (temperature 0)", hint="at temperature 0 return the argmax.")
-    row = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    n_draws, temperature = 20_000, 2.0
-    draws = call_learner(sample_next_token, row.repeat(n_draws, 1), temperature, generator)
-    expect_tensor(draws, torch.zeros(n_draws, dtype=torch.long), what="the samples", atol=math.inf, hint="return one token id per row.")
-    frequencies = torch.bincount(draws, minlength=len(row)).float() / n_draws
-    expected = (row / temperature).softmax(dim=-1)
+    _expect_rows_follow_softmax(sample_next_token, temperature=2.0, generator=generator)
+    _expect_generator_decides(sample_next_token)
+
+
+def _expect_rows_follow_softmax(sample_next_token, temperature: float, generator: torch.Generator) -> None:
+    """Many draws from each row of SAMPLING_ROWS come up with the frequencies softmax(row / T) gives."""
+    n_draws = 20_000  # per row: a standard error under 0.004 against the 0.02 allowed
+    n_rows, d_vocab = SAMPLING_ROWS.shape
+    logits = SAMPLING_ROWS.repeat(n_draws, 1)  # the rows alternate
+    draws = _call_leaving_input_intact(sample_next_token, "logits", logits, temperature, generator)
+    expected_shape = torch.zeros(len(logits), dtype=torch.long)
+    expect_tensor(draws, expected_shape, what="the samples", atol=math.inf, hint="return one token id per row.")
+    for row, row_draws in zip(SAMPLING_ROWS, draws.reshape(n_draws, n_rows).T):
+        frequencies = torch.bincount(row_draws, minlength=d_vocab).double() / n_draws
+        expected = (row / temperature).double().softmax(dim=-1)
+        expect(
+            (frequencies - expected).abs().max().item() < 0.02,
+            f"at temperature {temperature} the rows with logits {row.tolist()} drew tokens with frequencies "
+            f"{frequencies.numpy().round(3).tolist()}, but softmax(logits / T) is {expected.numpy().round(3).tolist()}.",
+            "divide the logits by the temperature before the softmax, then draw with torch.multinomial; "
+            "each row has its own distribution over the vocabulary.",
+        )
+
+
+def _expect_generator_decides(sample_next_token) -> None:
+    """Generators seeded alike give the same draws, seeded differently other draws."""
+    logits = SAMPLING_ROWS.repeat(500, 1)
+
+    def draws(seed: int) -> torch.Tensor:
+        return call_learner(sample_next_token, logits.clone(), 1.0, torch.Generator().manual_seed(seed))
+
+    first, again, other = draws(1), draws(1), draws(2)
     expect(
-        (frequencies - expected).abs().max().item() < 0.02,
-        f"at temperature {temperature} the tokens were drawn with frequencies {frequencies.numpy().round(3).tolist()}, "
-        f"but softmax(logits / T) is {expected.numpy().round(3).tolist()}.",
-        "divide the logits by the temperature before the softmax, then draw with torch.multinomial.",
+        torch.equal(first, again),
+        "two calls with generators seeded alike drew different tokens",
+        hint="draw with the `generator` argument, not the global random state: pass it on to torch.multinomial.",
+    )
+    expect(
+        not torch.equal(first, other),
+        "generators with different seeds drew the same tokens",
+        hint="draw with the `generator` passed in, not one your function makes or seeds itself.",
     )
 
 
@@ -219,4 +297,17 @@ def check_trained_sorter(model, min_accuracy: float = 0.95) -> None:
         accuracy >= min_accuracy,
         f"the model predicts {accuracy:.1%} of the sorted digits correctly; a trained model reaches at least {min_accuracy:.0%}.",
         "train for more steps, or check that the loss went down in the plot above.",
+    )
+    # A model that sees later tokens copies the answer: changing the sorted half must leave the logits up to SEP alone.
+    # A leak shows on any sequence, so a few keep the second forward pass cheap.
+    few, prompt = slice(None, 50), slice(None, task.prompt_length)
+    changed = tokens[few].clone()
+    changed[:, task.prompt_length :] = (changed[:, task.prompt_length :] + 1) % task.n_digits
+    expect_tensor(
+        call_learner(model, changed)[:, prompt],
+        logits[few, prompt].detach(),
+        what="the logits up to SEP once the digits after it are changed",
+        atol=1e-3,  # a leak moves logits by whole units; this leaves room for another batch size's rounding
+        rtol=1e-3,
+        hint="a position must not see the tokens after it: check the causal mask in your attention.",
     )
