@@ -371,7 +371,8 @@ class OthelloExplorer(widgets.VBox):
         self.outputs = [widgets.Output() for _ in range(2 if probe_probabilities is None else 3)]
         self.position.observe(lambda _: self.redraw(), names="value")
         controls = widgets.HBox([self.previous, self.position, self.next])
-        super().__init__([controls, self.caption, widgets.HBox(self.outputs)])
+        # The boards wrap onto a second row where the notebook is narrower than all three.
+        super().__init__([controls, self.caption, widgets.HBox(self.outputs, layout=dict(flex_flow="row wrap"))])
         self.add_class(EXPLORER_CLASS)
         self.redraw()
 
@@ -673,9 +674,12 @@ def _activation_histogram(activations: Float[Tensor, "n_active"], highest: float
     bars = go.Bar(x=((torch.arange(_HISTOGRAM_BINS) + 0.5) * width).tolist(), y=counts.tolist(), width=width,
                   marker_color="#4c78a8", hovertemplate="act %{x:.3g}: %{y} positions<extra></extra>")
     return go.Figure(bars, layout=dict(
-        title=f"{len(activations):,} non-zero activations", template="plotly_white", width=320, height=300,
-        margin=dict(l=50, r=10, t=50, b=40), bargap=0, xaxis_title="activation",
-        yaxis=dict(type="log", title="positions"),
+        # As on the boards: the title sits just above the plot, below the modebar at the top right.
+        title=dict(text=f"{len(activations):,} non-zero activations", x=0, xref="paper", y=1, yref="paper",
+                   yanchor="bottom", pad=dict(b=12), font_size=14),
+        template="plotly_white", width=320, height=300, margin=dict(l=50, r=10, t=70, b=40), bargap=0,
+        xaxis_title="activation",
+        yaxis=dict(type="log", title="positions", dtick=1),  # one label a decade: 2 and 5 crowd at this height
     ))
 
 
