@@ -280,7 +280,8 @@ def find_with_another_batch_and_order(model, threshold=0.5, seq_len=12, bos=None
     """A smaller batch, another seed, and the heads listed head by head rather than layer by layer."""
     _, patterns = induction.repeated_tokens_patterns(model, seq_len, batch=8, seed=5, bos=bos)
     scores = induction.induction_scores(patterns, seq_len)
-    return [(layer, head) for head in range(scores.shape[1]) for layer in range(scores.shape[0]) if scores[layer, head] >= threshold]
+    n_layers, n_heads = scores.shape
+    return [(layer, head) for head in range(n_heads) for layer in range(n_layers) if scores[layer, head] >= threshold]
 
 
 @torch.no_grad()

@@ -93,18 +93,17 @@ def call_learner_read_only(fn: object, *args: Any, **kwargs: Any) -> Any:
     as it is and must come back with the same weights and no hook left attached; if it
     does not, it is restored first, so the checks that use it afterwards still work.
     """
-    copies = [_copy(value) for value in args]
-    keyword_copies = {key: _copy(value) for key, value in kwargs.items()}
-    models = {id(value): _ModelState(value) for value in (*args, *kwargs.values()) if isinstance(value, torch.nn.Module)}
+    originals = [*args, *kwargs.values()]
+    copies = [_copy(value) for value in originals]
+    models = {id(value): _ModelState(value) for value in originals if isinstance(value, torch.nn.Module)}
     try:
-        result = call_learner(fn, *copies, **keyword_copies)
+        result = call_learner(fn, *copies[: len(args)], **dict(zip(kwargs, copies[len(args) :])))
     finally:
         changes = [state.restore() for state in models.values()]
     name = getattr(fn, "__name__", type(fn).__name__)
     for change in changes:
         expect(not change, f"`{name}` {change}", hint=_MODEL_CHANGED_HINT)
-    parameters = _parameter_names(fn, len(args))
-    for argument, original, copy in [*zip(parameters, args, copies), *((k, kwargs[k], v) for k, v in keyword_copies.items())]:
+    for argument, original, copy in zip([*_parameter_names(fn, len(args)), *kwargs], originals, copies):
         expect(
             _same(original, copy),
             f"`{name}` changed its argument `{argument}` in place",
@@ -138,6 +137,7 @@ def _same(original: Any, copy: Any) -> bool:
     return (
         original.shape == copy.shape
         and original.dtype == copy.dtype
+        and original.device == copy.device
         and bool(((original == copy) | (original.isnan() & copy.isnan())).all())
     )
 
