@@ -562,6 +562,11 @@ def head_outputs_in_a_loop(cache, model, layer):
     return torch.stack([z[:, :, head] @ model.W_O[layer, head] for head in range(model.cfg.n_heads)])
 
 
+def head_outputs_from_transformer_lens(cache, model, layer):
+    """TransformerLens's own per-head results, which it adds to the cache."""
+    return cache.stack_head_results(layer=layer + 1, pos_slice=None)[-model.cfg.n_heads :]
+
+
 def final_ln_with_w_over_scale(resid, cache, model, add_bias=True):
     normalised = (resid - resid.mean(dim=-1, keepdim=True)) * (model.ln_final.w / cache["ln_final.hook_scale"])
     return normalised + model.ln_final.b if add_bias else normalised
@@ -576,6 +581,7 @@ def final_ln_with_w_over_scale(resid, cache, model, add_bias=True):
         (ch02.check_mean_ablate_head_hook, mean_by_where),
         (ch02.check_patch_position_hook, patch_by_concatenating),
         (ch02.check_head_outputs, head_outputs_in_a_loop),
+        (ch02.check_head_outputs, head_outputs_from_transformer_lens),
         (ch02.check_apply_final_ln, final_ln_with_w_over_scale),
     ],
     ids=lambda x: getattr(x, "__name__", ""),

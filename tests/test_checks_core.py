@@ -325,10 +325,11 @@ def test_read_only_sees_nan_as_unchanged_and_a_new_shape_as_changed() -> None:
         call_learner_read_only(lambda t: t.resize_(1), torch.zeros(3))
 
 
-def test_read_only_names_an_edited_cache() -> None:
+def test_read_only_names_an_edited_cache_but_lets_it_grow() -> None:
     from transformer_lens.ActivationCache import ActivationCache
 
     cache = ActivationCache({"hook_embed": torch.zeros(2)}, model=None)
+    call_learner_read_only(lambda cache: cache.cache_dict.update(hook_result=torch.ones(2)), cache)  # as stack_head_results does
 
     def edit(cache):
         cache["hook_embed"][0] = 1.0
