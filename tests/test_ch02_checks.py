@@ -1,5 +1,7 @@
 """Chapter 02 checks pass on the library's answers and fail, with a hint, on typical mistakes."""
 
+import copy
+
 import einops
 import pytest
 import torch
@@ -31,6 +33,7 @@ def test_check_passes_on_reference(check, answer, capsys: pytest.CaptureFixture)
     assert capsys.readouterr().out == f"✓ {label}: all tests passed\n"
 
 
+@pytest.mark.mistake
 def test_a_learner_editing_the_cache_in_place_does_not_spoil_later_checks(capsys) -> None:
     def head_outputs(cache, model, layer):
         z = cache[f"blocks.{layer}.attn.hook_z"]
@@ -45,6 +48,7 @@ def test_a_learner_editing_the_cache_in_place_does_not_spoil_later_checks(capsys
 # --- head outputs and the decomposition ----------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_head_outputs_summed_over_heads() -> None:
     def head_outputs(cache, model, layer):
         return cache[f"blocks.{layer}.hook_attn_out"] - model.blocks[layer].attn.b_O
@@ -53,6 +57,7 @@ def test_head_outputs_summed_over_heads() -> None:
     assert "has shape (3, 10, 24), expected (3, 3, 10, 24)" in message
 
 
+@pytest.mark.mistake
 def test_head_outputs_with_b_o_in_every_head() -> None:
     def head_outputs(cache, model, layer):
         return attribution.head_outputs(cache, model, layer) + model.blocks[layer].attn.b_O
@@ -60,11 +65,22 @@ def test_head_outputs_with_b_o_in_every_head() -> None:
     expect_failure(ch02.check_head_outputs, head_outputs, hint_contains="leave b_O out")
 
 
+@pytest.mark.mistake
 def test_head_outputs_batch_first() -> None:
     def head_outputs(cache, model, layer):
         return einops.rearrange(attribution.head_outputs(cache, model, layer), "head batch pos d -> batch head pos d")
 
     expect_failure(ch02.check_head_outputs, head_outputs)
+
+
+@pytest.mark.mistake
+def test_head_outputs_in_reverse_head_order() -> None:
+    """The sum over heads is right, so only comparing each head catches it."""
+
+    def head_outputs(cache, model, layer):
+        return attribution.head_outputs(cache, model, layer).flip(0)
+
+    expect_failure(ch02.check_head_outputs, head_outputs, hint_contains="split between the heads")
 
 
 def components_without(*left_out: str):
@@ -76,21 +92,25 @@ def components_without(*left_out: str):
     return residual_components
 
 
+@pytest.mark.mistake
 def test_components_without_b_o() -> None:
     message = expect_failure(ch02.check_residual_components, components_without("b_O"), hint_contains="b_O")
     assert "missing exactly each layer's b_O" in message
 
 
+@pytest.mark.mistake
 def test_components_without_the_positional_embedding() -> None:
     message = expect_failure(ch02.check_residual_components, components_without("pos_embed"))
     assert "missing exactly the positional embedding" in message
 
 
+@pytest.mark.mistake
 def test_components_without_the_mlps() -> None:
     message = expect_failure(ch02.check_residual_components, components_without("MLP"))
     assert "missing exactly the MLP outputs" in message
 
 
+@pytest.mark.mistake
 def test_components_per_layer_instead_of_per_head() -> None:
     def residual_components(cache, model):
         pieces = [cache["hook_embed"], cache["hook_pos_embed"]]
@@ -102,6 +122,7 @@ def test_components_per_layer_instead_of_per_head() -> None:
     assert "you returned 6 components, expected 12" in message
 
 
+@pytest.mark.mistake
 def test_components_in_another_order() -> None:
     def residual_components(cache, model):
         components, labels = attribution.residual_components(cache, model)
@@ -110,6 +131,26 @@ def test_components_in_another_order() -> None:
     expect_failure(ch02.check_residual_components, residual_components, hint_contains="the order is embed, pos_embed, L0H0")
 
 
+def with_labels(edit):
+    def residual_components(cache, model):
+        components, labels = attribution.residual_components(cache, model)
+        return components, edit(labels)
+
+    return residual_components
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "edit",
+    [lambda labels: [label.replace("H0", "H3") for label in labels], lambda labels: labels[:2] + sorted(labels[2:])],
+    ids=["heads_counted_from_1", "labels_out_of_order"],
+)
+def test_components_with_wrong_labels(edit) -> None:
+    message = expect_failure(ch02.check_residual_components, with_labels(edit), hint_contains="in the docstring's format")
+    assert "the first is label 2: expected 'L0H0'" in message
+
+
+@pytest.mark.mistake
 def test_components_without_labels() -> None:
     def residual_components(cache, model):
         return attribution.residual_components(cache, model)[0]
@@ -121,6 +162,7 @@ def test_components_without_labels() -> None:
 # --- the final LayerNorm, the lens and DLA --------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_final_ln_recomputing_the_scale() -> None:
     def apply_final_ln(resid, cache, model, add_bias=True):
         centred = resid - resid.mean(dim=-1, keepdim=True)
@@ -130,6 +172,7 @@ def test_final_ln_recomputing_the_scale() -> None:
     expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="use the cached scale for every component")
 
 
+@pytest.mark.mistake
 def test_final_ln_always_adding_b() -> None:
     def apply_final_ln(resid, cache, model, add_bias=True):
         return attribution.apply_final_ln(resid, cache, model, add_bias=True)
@@ -137,6 +180,7 @@ def test_final_ln_always_adding_b() -> None:
     expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="add b only when add_bias")
 
 
+@pytest.mark.mistake
 def test_final_ln_without_w() -> None:
     def apply_final_ln(resid, cache, model, add_bias=True):
         centred = resid - resid.mean(dim=-1, keepdim=True)
@@ -145,6 +189,7 @@ def test_final_ln_without_w() -> None:
     expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="multiply by model.ln_final.w")
 
 
+@pytest.mark.mistake
 def test_final_ln_without_centring() -> None:
     def apply_final_ln(resid, cache, model, add_bias=True):
         normalised = resid / cache["ln_final.hook_scale"] * model.ln_final.w
@@ -153,6 +198,33 @@ def test_final_ln_without_centring() -> None:
     expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="centre over d_model")
 
 
+@pytest.mark.mistake
+def test_final_ln_centring_its_input_in_place() -> None:
+    """Right values, but the caller's tensor (in the notebook, the cache's own) is centred too."""
+
+    def apply_final_ln(resid, cache, model, add_bias=True):
+        resid -= resid.mean(dim=-1, keepdim=True)
+        normalised = resid / cache["ln_final.hook_scale"] * model.ln_final.w
+        return normalised + model.ln_final.b if add_bias else normalised
+
+    message = expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains=".clone()")
+    assert "changed its argument `resid` in place" in message
+
+
+@pytest.mark.mistake
+def test_final_ln_with_the_right_sum_split_evenly() -> None:
+    """Each component gets an equal share of the normalised sum: the sum is right, the components are not."""
+
+    def apply_final_ln(resid, cache, model, add_bias=True):
+        if resid.ndim == 3:
+            return attribution.apply_final_ln(resid, cache, model, add_bias)
+        total = attribution.apply_final_ln(resid.sum(dim=0), cache, model, add_bias)
+        return (total / len(resid)).expand_as(resid)
+
+    expect_failure(ch02.check_apply_final_ln, apply_final_ln, hint_contains="normalise each component on its own")
+
+
+@pytest.mark.mistake
 def test_logit_lens_with_the_frozen_scale() -> None:
     def logit_lens(cache, model):
         streams = torch.stack([cache["blocks.0.hook_resid_pre"], cache["blocks.1.hook_resid_pre"], cache["blocks.1.hook_resid_post"]])
@@ -161,6 +233,7 @@ def test_logit_lens_with_the_frozen_scale() -> None:
     expect_failure(ch02.check_logit_lens, logit_lens, hint_contains="with its own scale")
 
 
+@pytest.mark.mistake
 def test_logit_lens_without_the_final_stream() -> None:
     def logit_lens(cache, model):
         return attribution.logit_lens(cache, model)[:-1]
@@ -169,6 +242,7 @@ def test_logit_lens_without_the_final_stream() -> None:
     assert "has shape (2, 3, 10, 13), expected (3, 3, 10, 13)" in message
 
 
+@pytest.mark.mistake
 def test_logit_lens_without_b_u() -> None:
     def logit_lens(cache, model):
         return attribution.logit_lens(cache, model) - model.b_U
@@ -187,6 +261,7 @@ def dla_scoring(target):
     return direct_logit_attribution
 
 
+@pytest.mark.mistake
 def test_dla_scored_on_the_current_token() -> None:
     expect_failure(ch02.check_direct_logit_attribution, dla_scoring(lambda tokens: tokens[:, :-1]), hint_contains="tokens[:, 1:]")
 
@@ -196,6 +271,7 @@ def test_dla_passes_when_written_by_hand(capsys) -> None:
     assert "✓ direct_logit_attribution" in capsys.readouterr().out
 
 
+@pytest.mark.mistake
 def test_dla_with_an_unfrozen_layer_norm() -> None:
     def direct_logit_attribution(cache, model, tokens):
         heads = torch.stack([attribution.head_outputs(cache, model, layer) for layer in range(model.cfg.n_layers)])
@@ -205,6 +281,7 @@ def test_dla_with_an_unfrozen_layer_norm() -> None:
     expect_failure(ch02.check_direct_logit_attribution, direct_logit_attribution, hint_contains="cached ln_final scale")
 
 
+@pytest.mark.mistake
 def test_dla_with_every_position() -> None:
     def direct_logit_attribution(cache, model, tokens):
         heads = torch.stack([attribution.head_outputs(cache, model, layer) for layer in range(model.cfg.n_layers)])
@@ -239,11 +316,13 @@ def zero_a_position(z, head):
     z[:, head] = 0.0
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize("mistake", [zero_every_head, zero_a_position])
 def test_zero_ablation_mistakes(mistake) -> None:
     expect_failure(ch02.check_zero_ablate_head_hook, head_hook(mistake), hint_contains="zero z[:, :, head] only")
 
 
+@pytest.mark.mistake
 def test_zero_ablation_hook_that_returns_nothing() -> None:
     def zero_ablate_head_hook(head):
         def hook(z, hook):
@@ -254,11 +333,13 @@ def test_zero_ablation_hook_that_returns_nothing() -> None:
     expect_failure(ch02.check_zero_ablate_head_hook, zero_ablate_head_hook, hint_contains="return the new z")
 
 
+@pytest.mark.mistake
 def test_zero_ablation_factory_returning_the_wrong_thing() -> None:
     message = expect_failure(ch02.check_zero_ablate_head_hook, lambda head: None, hint_contains="return it")
     assert "returned NoneType, expected a hook function" in message
 
 
+@pytest.mark.mistake
 def test_zero_ablation_hook_that_crashes_names_the_line() -> None:
     def zero_ablate_head_hook(head):
         def hook(z, hook):
@@ -270,6 +351,48 @@ def test_zero_ablation_hook_that_crashes_names_the_line() -> None:
     assert "`hook` raised RuntimeError" in message and "torch.ones(z.shape[-2])" in message
 
 
+def zero_the_head(z, head):
+    z[:, :, head] = 0.0
+
+
+def mean_the_head(z, head, mean_z):
+    z[:, :, head] = mean_z[:, head]
+
+
+def patch_the_position(activation, pos, source_activation):
+    activation[:, pos] = source_activation[:, pos]
+
+
+def in_place(edit, returns=True):
+    """A hook factory whose hook applies the right `edit` to the activation it is given, not to a copy."""
+
+    def make(*args):
+        def hook(activation, hook):
+            edit(activation, *args)
+            return activation if returns else None
+
+        return hook
+
+    return make
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "check, make_hook",
+    [
+        (ch02.check_zero_ablate_head_hook, in_place(zero_the_head)),
+        (ch02.check_zero_ablate_head_hook, in_place(zero_the_head, returns=False)),
+        (ch02.check_mean_ablate_head_hook, in_place(mean_the_head)),
+        (ch02.check_patch_position_hook, in_place(patch_the_position)),
+    ],
+    ids=["zero", "zero_returning_nothing", "mean", "patch"],
+)
+def test_hooks_editing_the_activation_in_place(check, make_hook) -> None:
+    """In a run, the edit has the right effect; but the activation may also be in the learner's cache."""
+    message = expect_failure(check, make_hook, hint_contains=".clone()")
+    assert "changed its argument `activation` in place" in message
+
+
 def mean_of_the_batch(z, head, mean_z):
     z[:, :, head] = z[:, :, head].mean(dim=0)
 
@@ -278,6 +401,7 @@ def mean_on_a_position(z, head, mean_z):
     z[:, head] = mean_z[:, head][: z.shape[2]].sum()
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize("mistake", [mean_of_the_batch, mean_on_a_position])
 def test_mean_ablation_mistakes(mistake) -> None:
     expect_failure(ch02.check_mean_ablate_head_hook, head_hook(mistake), hint_contains="replace z[:, :, head] by mean_z[:, head]")
@@ -291,10 +415,12 @@ def loss_that(build_hooks, use_mask=True):
     return loss_with_heads_ablated
 
 
+@pytest.mark.mistake
 def test_loss_ignoring_the_mask() -> None:
     expect_failure(ch02.check_loss_with_heads_ablated, loss_that(patching.head_ablation_hooks, use_mask=False))
 
 
+@pytest.mark.mistake
 def test_loss_ablating_only_the_first_head() -> None:
     expect_failure(
         ch02.check_loss_with_heads_ablated,
@@ -303,6 +429,7 @@ def test_loss_ablating_only_the_first_head() -> None:
     )
 
 
+@pytest.mark.mistake
 def test_loss_always_zero_ablating() -> None:
     expect_failure(
         ch02.check_loss_with_heads_ablated,
@@ -311,6 +438,7 @@ def test_loss_always_zero_ablating() -> None:
     )
 
 
+@pytest.mark.mistake
 def test_loss_taking_means_from_the_ablated_run() -> None:
     def means_on_the_fly(model, tokens, heads, mode):
         if mode == "zero":
@@ -320,6 +448,36 @@ def test_loss_taking_means_from_the_ablated_run() -> None:
     expect_failure(ch02.check_loss_with_heads_ablated, loss_that(means_on_the_fly), hint_contains="from ONE clean run")
 
 
+@pytest.mark.mistake
+def test_loss_leaving_its_hooks_attached() -> None:
+    def loss_with_heads_ablated(model, tokens, heads, mode="zero", mask=None):
+        for name, hook in patching.head_ablation_hooks(model, tokens, heads, mode):
+            model.add_hook(name, hook)
+        return next_token_loss(model(tokens), tokens, mask)
+
+    message = expect_failure(ch02.check_loss_with_heads_ablated, loss_with_heads_ablated, hint_contains="reset_hooks()")
+    assert "left 1 hook(s) attached to the model" in message
+
+
+@pytest.mark.mistake
+def test_loss_zeroing_w_o_in_place(capsys) -> None:
+    """Right losses, but the model keeps the zeroed weights; the check restores them for the checks after it."""
+
+    def loss_with_heads_ablated(model, tokens, heads, mode="zero", mask=None):
+        if mode == "mean":
+            return patching.loss_with_heads_ablated(model, tokens, heads, mode, mask)
+        with torch.no_grad():
+            for layer, head in heads:
+                model.blocks[layer].attn.W_O[head] = 0.0
+        return next_token_loss(model(tokens), tokens, mask)
+
+    message = expect_failure(ch02.check_loss_with_heads_ablated, loss_with_heads_ablated, hint_contains="copy.deepcopy(model)")
+    assert "changed the model's weights in place (blocks.0.attn.o.weight)" in message
+    ch02.check_head_outputs(attribution.head_outputs)
+    assert "✓ head_outputs" in capsys.readouterr().out
+
+
+@pytest.mark.mistake
 def test_loss_returning_a_float() -> None:
     def loss_with_heads_ablated(model, tokens, heads, mode="zero", mask=None):
         return patching.loss_with_heads_ablated(model, tokens, heads, mode, mask).item()
@@ -340,6 +498,7 @@ def patch_that(write):
     return patch_position_hook
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize(
     "write",
     [
@@ -352,3 +511,81 @@ def patch_that(write):
 )
 def test_patching_mistakes(write) -> None:
     expect_failure(ch02.check_patch_position_hook, patch_that(write), hint_contains="overwrite only activation[:, pos]")
+
+
+# --- other correct answers pass ------------------------------------------------------------------
+
+
+def loss_with_hooks_added_then_removed(model, tokens, heads, mode="zero", mask=None):
+    for name, hook in patching.head_ablation_hooks(model, tokens, heads, mode):
+        model.add_hook(name, hook)
+    loss = next_token_loss(model(tokens), tokens, mask)
+    model.reset_hooks()
+    return loss
+
+
+def loss_on_a_copy_without_w_o(model, tokens, heads, mode="zero", mask=None):
+    if mode == "mean":
+        return patching.loss_with_heads_ablated(model, tokens, heads, mode, mask)
+    ablated = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, head in heads:
+            ablated.blocks[layer].attn.W_O[head] = 0.0
+    return next_token_loss(ablated(tokens), tokens, mask)
+
+
+def zero_by_multiplying(head):
+    def hook(z, hook):
+        keep = torch.ones(z.shape[2], 1)
+        keep[head] = 0.0
+        return z * keep
+
+    return hook
+
+
+def mean_by_where(head, mean_z):
+    def hook(z, hook):
+        return torch.where(torch.arange(z.shape[2])[:, None] == head, mean_z, z)
+
+    return hook
+
+
+def patch_by_concatenating(pos, source_activation):
+    def hook(activation, hook):
+        return torch.cat([activation[:, :pos], source_activation[:, pos : pos + 1], activation[:, pos + 1 :]], dim=1)
+
+    return hook
+
+
+def head_outputs_in_a_loop(cache, model, layer):
+    z = cache[f"blocks.{layer}.attn.hook_z"]
+    return torch.stack([z[:, :, head] @ model.W_O[layer, head] for head in range(model.cfg.n_heads)])
+
+
+def head_outputs_from_transformer_lens(cache, model, layer):
+    """TransformerLens's own per-head results, which it adds to the cache."""
+    return cache.stack_head_results(layer=layer + 1, pos_slice=None)[-model.cfg.n_heads :]
+
+
+def final_ln_with_w_over_scale(resid, cache, model, add_bias=True):
+    normalised = (resid - resid.mean(dim=-1, keepdim=True)) * (model.ln_final.w / cache["ln_final.hook_scale"])
+    return normalised + model.ln_final.b if add_bias else normalised
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    [
+        (ch02.check_loss_with_heads_ablated, loss_with_hooks_added_then_removed),
+        (ch02.check_loss_with_heads_ablated, loss_on_a_copy_without_w_o),
+        (ch02.check_zero_ablate_head_hook, zero_by_multiplying),
+        (ch02.check_mean_ablate_head_hook, mean_by_where),
+        (ch02.check_patch_position_hook, patch_by_concatenating),
+        (ch02.check_head_outputs, head_outputs_in_a_loop),
+        (ch02.check_head_outputs, head_outputs_from_transformer_lens),
+        (ch02.check_apply_final_ln, final_ln_with_w_over_scale),
+    ],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_check_passes_on_other_correct_answers(check, answer, capsys) -> None:
+    check(answer)
+    assert "✓" in capsys.readouterr().out

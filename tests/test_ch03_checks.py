@@ -1,5 +1,7 @@
 """Chapter 03 checks pass on the library's answers and fail, with a hint, on typical mistakes."""
 
+import copy
+
 import pytest
 import torch
 from check_helpers import expect_failure
@@ -35,26 +37,91 @@ def stripe_mean(offset: int, second_half_only: bool, seq_len: int = 0):
     return scores
 
 
+@pytest.mark.mistake
 def test_previous_token_on_the_main_diagonal() -> None:
     expect_failure(ch03.check_previous_token_scores, stripe_mean(0, False), hint_contains="offset=-1")
 
 
+@pytest.mark.mistake
 def test_previous_token_scores_in_the_wrong_axis_order() -> None:
     expect_failure(ch03.check_previous_token_scores, lambda p: stripe_mean(1, False)(p).T)
 
 
+@pytest.mark.mistake
 def test_duplicate_scores_over_every_query() -> None:
     expect_failure(ch03.check_duplicate_token_scores, lambda p, n: stripe_mean(n, False)(p), hint_contains="second-half")
 
 
+@pytest.mark.mistake
 def test_induction_with_the_duplicate_offset() -> None:
     expect_failure(ch03.check_induction_scores, lambda p, n: stripe_mean(n, True, n)(p), hint_contains="seq_len + 1")
 
 
+@pytest.mark.mistake
 def test_induction_over_every_query() -> None:
     expect_failure(ch03.check_induction_scores, lambda p, n: stripe_mean(n - 1, False)(p))
 
 
+def first_sequence_only(offset_from_seq_len: int | None):
+    """Scores from the first sequence of the batch: on the circuit, every sequence attends alike."""
+
+    def scores(patterns, seq_len=None):
+        offset = 1 if offset_from_seq_len is None else seq_len - offset_from_seq_len
+        stripe = patterns[:, 0].diagonal(offset=-offset, dim1=-2, dim2=-1)
+        return stripe.mean(dim=-1) if seq_len is None else stripe[..., -seq_len:].mean(dim=-1)
+
+    return scores
+
+
+def second_half_from_the_pattern_size(offset_from_seq_len: int):
+    """seq_len taken as half the sequence, right only when the repeat fills it (after one BOS)."""
+
+    def scores(patterns, seq_len):
+        half = patterns.shape[-1] // 2
+        stripe = patterns.diagonal(offset=-(half - offset_from_seq_len), dim1=-2, dim2=-1)
+        return stripe[..., -half:].mean(dim=(1, 3))
+
+    return scores
+
+
+def skipping_a_fixed_number_of_queries(offset_from_seq_len: int):
+    """The second half found by skipping a fixed number of stripe entries, right only with one BOS."""
+
+    def scores(patterns, seq_len):
+        offset = seq_len - offset_from_seq_len
+        return patterns.diagonal(offset=-offset, dim1=-2, dim2=-1)[..., offset_from_seq_len + 1 :].mean(dim=(1, 3))
+
+    return scores
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "check, wrong",
+    [
+        (ch03.check_previous_token_scores, first_sequence_only(None)),
+        (ch03.check_duplicate_token_scores, first_sequence_only(0)),
+        (ch03.check_induction_scores, first_sequence_only(1)),
+        (ch03.check_duplicate_token_scores, second_half_from_the_pattern_size(0)),
+        (ch03.check_induction_scores, second_half_from_the_pattern_size(1)),
+        (ch03.check_duplicate_token_scores, skipping_a_fixed_number_of_queries(0)),
+        (ch03.check_induction_scores, skipping_a_fixed_number_of_queries(1)),
+    ],
+    ids=[
+        "previous_first_sequence",
+        "duplicate_first_sequence",
+        "induction_first_sequence",
+        "duplicate_seq_len_from_size",
+        "induction_seq_len_from_size",
+        "duplicate_fixed_skip",
+        "induction_fixed_skip",
+    ],
+)
+def test_scores_right_only_on_the_circuit(check, wrong) -> None:
+    message = expect_failure(check, wrong, hint_contains="every sequence")
+    assert "on random patterns (seq_len=5" in message
+
+
+@pytest.mark.mistake
 def test_finder_returning_the_top_head_of_every_layer() -> None:
     def find(model, threshold=0.5, seq_len=12, bos=None):
         _, patterns = induction.repeated_tokens_patterns(model, seq_len, bos=bos)
@@ -64,6 +131,7 @@ def test_finder_returning_the_top_head_of_every_layer() -> None:
     expect_failure(ch03.check_find_induction_heads, find, hint_contains="threshold")
 
 
+@pytest.mark.mistake
 def test_finder_with_duplicate_scores() -> None:
     def find(model, threshold=0.5, seq_len=12, bos=None):
         _, patterns = induction.repeated_tokens_patterns(model, seq_len, bos=bos)
@@ -72,6 +140,38 @@ def test_finder_with_duplicate_scores() -> None:
     expect_failure(ch03.check_find_induction_heads, find)
 
 
+def finder(seq_len_used=None, threshold_used=None, bos_used=True, only_the_best=False):
+    """The library's finder with one argument ignored, or keeping only the best head."""
+
+    def find(model, threshold=0.5, seq_len=12, bos=None):
+        _, patterns = induction.repeated_tokens_patterns(model, seq_len_used or seq_len, bos=bos if bos_used else None)
+        scores = induction.induction_scores(patterns, seq_len_used or seq_len)
+        found = induction.heads_above(scores, threshold_used or threshold)
+        if only_the_best:
+            best = divmod(int(scores.argmax()), scores.shape[1])
+            return [best] if best in found else []
+        return found
+
+    return find
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "find, hint",
+    [
+        (finder(only_the_best=True), "every head at or above"),
+        (finder(threshold_used=0.5), "the threshold and seq_len you are given"),
+        (finder(seq_len_used=12), "the threshold and seq_len you are given"),
+        (finder(bos_used=False), "pass bos on"),
+    ],
+    ids=["only_the_best_head", "threshold_ignored", "seq_len_ignored", "bos_ignored"],
+)
+def test_finder_ignoring_an_argument(find, hint) -> None:
+    message = expect_failure(ch03.check_find_induction_heads, find, hint_contains=hint)
+    assert "on the hand-set circuit with threshold=" in message
+
+
+@pytest.mark.mistake
 def test_q_composition_instead_of_k() -> None:
     def q_composition(model):
         writes, reads = model.OV[0], model.QK[1]
@@ -80,10 +180,12 @@ def test_q_composition_instead_of_k() -> None:
     expect_failure(ch03.check_k_composition_scores, q_composition, hint_contains="QK[1].T")
 
 
+@pytest.mark.mistake
 def test_k_composition_without_normalising() -> None:
     expect_failure(ch03.check_k_composition_scores, lambda model: (model.OV[0][:, None] @ model.QK[1].T[None, :]).norm())
 
 
+@pytest.mark.mistake
 def test_ablation_cost_returning_the_ablated_loss() -> None:
     def ablated_loss(model, tokens, mask, heads):
         return next_token_loss(run_with_heads_ablated(model, tokens, heads), tokens, mask[:, 1:]).item()
@@ -91,6 +193,7 @@ def test_ablation_cost_returning_the_ablated_loss() -> None:
     expect_failure(ch03.check_ablation_cost, ablated_loss, hint_contains="ablated_loss - clean_loss")
 
 
+@pytest.mark.mistake
 def test_ablation_cost_over_every_token() -> None:
     def every_token(model, tokens, mask, heads):
         clean = next_token_loss(model(tokens), tokens)
@@ -99,8 +202,106 @@ def test_ablation_cost_over_every_token() -> None:
     expect_failure(ch03.check_ablation_cost, every_token)
 
 
+@pytest.mark.mistake
 def test_ablation_cost_as_a_tensor() -> None:
     def as_tensor(model, tokens, mask, heads):
         return torch.tensor(induction.ablation_cost(model, tokens, mask, heads))
 
     expect_failure(ch03.check_ablation_cost, as_tensor, hint_contains=".item()")
+
+
+def cost_from(loss):
+    """An ablation cost with the learner's own `loss(logits, tokens, mask)`."""
+
+    @torch.no_grad()
+    def ablation_cost(model, tokens, mask, heads):
+        return (loss(run_with_heads_ablated(model, tokens, heads), tokens, mask) - loss(model(tokens), tokens, mask)).item()
+
+    return ablation_cost
+
+
+def per_token_loss(logits, tokens):
+    return -logits[:, :-1].log_softmax(dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda logits, tokens, mask: (
+            (per_token_loss(logits, tokens) * mask[:, 1:]).sum(dim=1) / mask[:, 1:].sum(dim=1)
+        ).mean(),
+        lambda logits, tokens, mask: next_token_loss(logits, tokens, mask[0, 1:]),
+    ],
+    ids=["mean_of_each_sequences_mean", "first_row_of_the_mask"],
+)
+def test_ablation_cost_with_the_mask_of_equal_rows_in_mind(loss) -> None:
+    expect_failure(ch03.check_ablation_cost, cost_from(loss), hint_contains="each sequence marks a different number")
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "cost",
+    [
+        lambda model, tokens, mask, heads: sum(induction.ablation_cost(model, tokens, mask, [head]) for head in heads),
+        lambda model, tokens, mask, heads: induction.ablation_cost(model, tokens, mask, heads[:1]),
+    ],
+    ids=["sum_of_single_head_costs", "first_head_only"],
+)
+def test_ablation_cost_of_several_heads(cost) -> None:
+    expect_failure(ch03.check_ablation_cost, cost, hint_contains="all in the same run")
+
+
+@pytest.mark.mistake
+def test_ablation_cost_zeroing_w_o_in_place(capsys) -> None:
+    @torch.no_grad()
+    def ablation_cost(model, tokens, mask, heads):
+        clean = next_token_loss(model(tokens), tokens, mask[:, 1:])
+        for layer, head in heads:
+            model.blocks[layer].attn.W_O[head] = 0.0
+        return (next_token_loss(model(tokens), tokens, mask[:, 1:]) - clean).item()
+
+    message = expect_failure(ch03.check_ablation_cost, ablation_cost, hint_contains="copy.deepcopy(model)")
+    assert "changed the model's weights in place" in message
+    ch03.check_find_induction_heads(induction.find_induction_heads)
+    assert "✓ find_induction_heads" in capsys.readouterr().out
+
+
+# --- other correct answers pass ------------------------------------------------------------------
+
+
+def induction_scores_by_indexing(patterns, seq_len):
+    """Induction scores read at explicit query and key positions."""
+    queries = torch.arange(patterns.shape[-1] - seq_len, patterns.shape[-1])
+    return patterns[..., queries, queries - seq_len + 1].mean(dim=(1, 3))
+
+
+def find_with_another_batch_and_order(model, threshold=0.5, seq_len=12, bos=None):
+    """A smaller batch, another seed, and the heads listed head by head rather than layer by layer."""
+    _, patterns = induction.repeated_tokens_patterns(model, seq_len, batch=8, seed=5, bos=bos)
+    scores = induction.induction_scores(patterns, seq_len)
+    n_layers, n_heads = scores.shape
+    return [(layer, head) for head in range(n_heads) for layer in range(n_layers) if scores[layer, head] >= threshold]
+
+
+@torch.no_grad()
+def cost_on_a_copy_without_w_o(model, tokens, mask, heads):
+    ablated = copy.deepcopy(model)
+    for layer, head in heads:
+        ablated.blocks[layer].attn.W_O[head] = 0.0
+    losses = [next_token_loss(m(tokens), tokens, mask[:, 1:]) for m in (ablated, model)]
+    return (losses[0] - losses[1]).item()
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    [
+        (ch03.check_induction_scores, induction_scores_by_indexing),
+        (ch03.check_find_induction_heads, find_with_another_batch_and_order),
+        (ch03.check_ablation_cost, cost_on_a_copy_without_w_o),
+    ],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_check_passes_on_other_correct_answers(check, answer, capsys) -> None:
+    check(answer)
+    assert "✓" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechlearn.checks import CheckFailed, call_learner, check, expect, expect_tensor
+from mechlearn.checks import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 
 WHAT = "the output of f"
 EXPECTED = torch.arange(6, dtype=torch.float32).reshape(2, 3)
@@ -300,6 +300,89 @@ def test_exception_in_a_notebook_cell_shows_the_line_without_filename() -> None:
     message = str(info.value)
     assert "line 2: return q @ k" in message
     assert "ipykernel" not in message
+
+
+# --- call_learner_read_only ----------------------------------------------------------------
+
+
+def add_one_in_place(x: torch.Tensor) -> torch.Tensor:
+    x += 1
+    return x
+
+
+def test_read_only_returns_the_result_and_leaves_the_original_alone() -> None:
+    x = torch.zeros(3)
+    assert torch.equal(call_learner_read_only(lambda t, n: t + n, x, n=2), torch.full((3,), 2.0))
+    with pytest.raises(CheckFailed, match="`add_one_in_place` changed its argument `x` in place") as failure:
+        call_learner_read_only(add_one_in_place, x)
+    assert ".clone()" in failure.value.hint
+    assert torch.equal(x, torch.zeros(3)), "the learner must have edited a copy"
+
+
+def test_read_only_sees_nan_as_unchanged_and_a_new_shape_as_changed() -> None:
+    call_learner_read_only(lambda t: t * 2, torch.tensor([float("nan"), 1.0]))
+    with pytest.raises(CheckFailed, match="changed its argument `t` in place"):
+        call_learner_read_only(lambda t: t.resize_(1), torch.zeros(3))
+
+
+def test_read_only_names_an_edited_cache_but_lets_it_grow() -> None:
+    from transformer_lens.ActivationCache import ActivationCache
+
+    cache = ActivationCache({"hook_embed": torch.zeros(2)}, model=None)
+    call_learner_read_only(lambda cache: cache.cache_dict.update(hook_result=torch.ones(2)), cache)  # as stack_head_results does
+
+    def edit(cache):
+        cache["hook_embed"][0] = 1.0
+
+    with pytest.raises(CheckFailed, match="changed its argument `cache` in place"):
+        call_learner_read_only(edit, cache)
+    assert torch.equal(cache["hook_embed"], torch.zeros(2))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from mechlearn.models import ModelConfig, make_model
+
+    return make_model(ModelConfig(d_vocab=5, n_ctx=4, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=None))
+
+
+def test_read_only_restores_a_model_whose_weights_were_edited(tiny_model) -> None:
+    before = tiny_model.W_E.clone()
+
+    def zero_the_embedding(model):
+        with torch.no_grad():
+            model.W_E[:] = 0.0
+
+    with pytest.raises(CheckFailed, match="changed the model's weights in place") as failure:
+        call_learner_read_only(zero_the_embedding, tiny_model)
+    assert "copy.deepcopy(model)" in failure.value.hint
+    assert torch.equal(tiny_model.W_E, before)
+
+
+def test_read_only_removes_a_hook_left_attached(tiny_model) -> None:
+    tokens = torch.tensor([[1, 2, 3]])
+    clean = tiny_model(tokens)
+
+    def add_hook(model):
+        model.add_hook("blocks.0.attn.hook_z", lambda z, hook: z * 0)
+
+    with pytest.raises(CheckFailed, match="left 1 hook\\(s\\) attached to the model") as failure:
+        call_learner_read_only(add_hook, tiny_model)
+    assert "reset_hooks()" in failure.value.hint
+    assert torch.equal(tiny_model(tokens), clean)
+
+
+def test_read_only_restores_the_model_when_the_learner_crashes(tiny_model) -> None:
+    before = tiny_model.W_E.clone()
+
+    def zero_then_crash(model):
+        with torch.no_grad():
+            model.W_E[:] = 0.0
+        raise RuntimeError("oops")
+
+    with pytest.raises(CheckFailed, match="raised RuntimeError: oops"):
+        call_learner_read_only(zero_then_crash, tiny_model)
+    assert torch.equal(tiny_model.W_E, before)
 
 
 # --- @check -----------------------------------------------------------------------------

@@ -8,6 +8,6 @@ importing one chapter's checks never loads another's.
 
 from __future__ import annotations
 
-from mechlearn.checks.core import CheckFailed, call_learner, check, expect, expect_tensor
+from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 
-__all__ = ["CheckFailed", "call_learner", "check", "expect", "expect_tensor"]
+__all__ = ["CheckFailed", "call_learner", "call_learner_read_only", "check", "expect", "expect_tensor"]

@@ -8,6 +8,11 @@ answers come from TransformerLens itself wherever it computes them: the cache
 with a head's weights removed, and runs on edited tokens. Where the answer is a
 definition rather than something the model computes (one head's share of the logits),
 it comes from `mechlearn.attribution`, whose tests tie it to the model's logits.
+
+The learner's code gets copies of the cache, the tokens and every activation a hook sees,
+and must leave them as they were: in the notebook, an activation edited in place would
+silently change the learner's own cache too. It must also leave the model as it was, with
+no weight edited and no hook left attached.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn import attribution
-from mechlearn.checks.core import CheckFailed, call_learner, check, expect, expect_tensor
+from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.patching import mean_ablate_head_hook
 from mechlearn.train import next_token_loss
@@ -38,8 +43,8 @@ FINAL_RESID = f"blocks.{CONFIG.n_layers - 1}.hook_resid_post"
 def reference() -> tuple[TransformerBridge, Tensor, ActivationCache]:
     """The model the learner's code runs on, a batch of tokens and the cache of that batch.
 
-    Checks hand the learner `fresh(cache)` and `tokens.clone()`, never these, so a
-    function that edits a tensor in place cannot spoil the answers.
+    Checks call the learner with `call_learner_read_only`, which hands it copies of these,
+    so a function that edits a tensor in place cannot spoil the answers.
     """
     model = make_model(CONFIG, device="cpu")
     generator = torch.Generator().manual_seed(CONFIG.seed)
@@ -51,11 +56,6 @@ def reference() -> tuple[TransformerBridge, Tensor, ActivationCache]:
         _, cache = model.run_with_cache(tokens)
     model.eval()
     return model, tokens, cache
-
-
-def fresh(cache: ActivationCache) -> ActivationCache:
-    """A copy of `cache` for the learner's function to use (and, by mistake, to edit)."""
-    return ActivationCache({name: value.clone() for name, value in cache.items()}, cache.model)
 
 
 def _logits(model: TransformerBridge, tokens: Tensor, fwd_hooks: list[tuple[str, Callable]] = ()) -> Tensor:
@@ -83,7 +83,7 @@ def _learner_hook(make_hook: Callable, *args: Any) -> Callable:
         f"`{make_hook.__name__}` returned {type(learner_hook).__name__}, expected a hook function",
         hint="define `def hook(activation, hook): ...` inside and return it (the function, not its result).",
     )
-    return lambda activation, hook: call_learner(learner_hook, activation, hook)
+    return lambda activation, hook: call_learner_read_only(learner_hook, activation, hook)
 
 
 def _missing_piece(difference: Tensor, pieces: dict[str, Tensor]) -> str:
@@ -102,7 +102,7 @@ def check_head_outputs(head_outputs) -> None:
     """`head_outputs(cache, model, layer)` are the heads' shares of `hook_attn_out`."""
     model, _, cache = reference()
     for layer in range(CONFIG.n_layers):
-        actual = call_learner(head_outputs, fresh(cache), model, layer)
+        actual = call_learner_read_only(head_outputs, cache, model, layer)
         expected = attribution.head_outputs(cache, model, layer)
         hint = "z is [batch pos head d_head] and W_O is [head d_head d_model]: contract d_head only and keep head first."
         expect_tensor(actual, expected, what=f"head_outputs of layer {layer}", atol=math.inf, hint=hint)
@@ -113,13 +113,21 @@ def check_head_outputs(head_outputs) -> None:
             hint="each head's output is z_h @ W_O[h], with the z cached at blocks.{layer}.attn.hook_z; leave b_O out.",
             **TOLERANCE,
         )
+        expect_tensor(
+            actual,
+            expected,
+            what=f"head_outputs of layer {layer}",
+            hint="they add up to the right total but are split between the heads wrongly: entry h is what head h "
+            "alone writes, from its own z and its own W_O, with the heads in order.",
+            **TOLERANCE,
+        )
 
 
 @check
 def check_residual_components(residual_components) -> None:
     """The components add up to the final residual stream and are the right pieces in order."""
     model, _, cache = reference()
-    result = call_learner(residual_components, fresh(cache), model)
+    result = call_learner_read_only(residual_components, cache, model)
     expect(
         isinstance(result, tuple) and len(result) == 2,
         f"expected a tuple (components, labels), got {type(result).__name__}",
@@ -152,6 +160,13 @@ def check_residual_components(residual_components) -> None:
         f"expected {len(expected_labels)} labels (str), one per component, got {labels!r}",
         hint=f"e.g. {expected_labels}.",
     )
+    wrong = [i for i, (label, right) in enumerate(zip(labels, expected_labels)) if label != right]
+    if wrong:
+        raise CheckFailed(
+            f"{len(wrong)} of your {len(labels)} labels are wrong; the first is label {wrong[0]}: "
+            f"expected {expected_labels[wrong[0]]!r}, got {labels[wrong[0]]!r}",
+            hint="label i names component i, in the docstring's format and order; layers and heads count from 0.",
+        )
 
 
 def _expect_sum_is_final_residual(components: Tensor, model: TransformerBridge, cache: ActivationCache) -> None:
@@ -183,18 +198,20 @@ def check_apply_final_ln(apply_final_ln) -> None:
     """The final LayerNorm with the cached scale: exact on the full stream, additive on components."""
     model, _, cache = reference()
     expect_tensor(
-        call_learner(apply_final_ln, cache[FINAL_RESID].clone(), fresh(cache), model),
+        call_learner_read_only(apply_final_ln, cache[FINAL_RESID], cache, model),
         cache["ln_final.hook_out"],
         what="apply_final_ln of the final residual stream",
         hint="centre over d_model, divide by cache['ln_final.hook_scale'], multiply by model.ln_final.w, add model.ln_final.b.",
         **TOLERANCE,
     )
     components, _ = attribution.residual_components(cache, model)
-    actual = call_learner(apply_final_ln, components.clone(), fresh(cache), model, add_bias=False)
+    actual = call_learner_read_only(apply_final_ln, components, cache, model, add_bias=False)
+    expected = attribution.apply_final_ln(components, cache, model, add_bias=False)
+    what = "apply_final_ln of a stack of components with add_bias=False"
     expect_tensor(
         actual,
-        attribution.apply_final_ln(components, cache, model, add_bias=False),
-        what="apply_final_ln of a stack of components with add_bias=False",
+        expected,
+        what=what,
         atol=math.inf,
         hint="the function must work on any number of leading dimensions: mean over the last one, keepdim=True.",
     )
@@ -206,13 +223,21 @@ def check_apply_final_ln(apply_final_ln) -> None:
         "and add b only when add_bias is True.",
         **TOLERANCE,
     )
+    expect_tensor(
+        actual,
+        expected,
+        what=what,
+        hint="the normalised components add up right but are split between the components wrongly: "
+        "normalise each component on its own, from its own values.",
+        **TOLERANCE,
+    )
 
 
 @check
 def check_logit_lens(logit_lens) -> None:
     """Entry l is what the model would output if the layers from l on were skipped."""
     model, tokens, cache = reference()
-    actual = call_learner(logit_lens, fresh(cache), model)
+    actual = call_learner_read_only(logit_lens, cache, model)
     skipped = [
         _logits(model, tokens, [(FINAL_RESID, lambda resid, hook, l=layer: cache[f"blocks.{l}.hook_resid_pre"])])
         for layer in range(CONFIG.n_layers)
@@ -235,7 +260,7 @@ def check_logit_lens(logit_lens) -> None:
 def check_direct_logit_attribution(direct_logit_attribution) -> None:
     """Each head's output, through the frozen final LayerNorm, onto the correct next token's unembedding."""
     model, tokens, cache = reference()
-    actual = call_learner(direct_logit_attribution, fresh(cache), model, tokens.clone())
+    actual = call_learner_read_only(direct_logit_attribution, cache, model, tokens)
     expected = attribution.direct_logit_attribution(cache, model, tokens)
     expect_tensor(
         actual,
@@ -303,7 +328,7 @@ def check_loss_with_heads_ablated(loss_with_heads_ablated) -> None:
     cases = [([], "zero", None), ([(0, 1)], "zero", None), ([(0, 1), (1, 2), (1, 0)], "zero", mask)]
     for heads, mode, case_mask in cases:
         expected = next_token_loss(_logits(_without_heads(tuple(heads)), tokens), tokens, case_mask)
-        actual = call_learner(loss_with_heads_ablated, model, tokens.clone(), list(heads), mode, case_mask)
+        actual = call_learner_read_only(loss_with_heads_ablated, model, tokens, list(heads), mode, case_mask)
         expect_tensor(
             actual,
             expected,
@@ -317,7 +342,7 @@ def check_loss_with_heads_ablated(loss_with_heads_ablated) -> None:
         _, clean = model.run_with_cache(tokens)
     hooks = [(f"blocks.{l}.attn.hook_z", mean_ablate_head_hook(h, clean[f"blocks.{l}.attn.hook_z"].mean(dim=0))) for l, h in heads]
     expect_tensor(
-        call_learner(loss_with_heads_ablated, model, tokens.clone(), list(heads), "mean", mask),
+        call_learner_read_only(loss_with_heads_ablated, model, tokens, list(heads), "mean", mask),
         next_token_loss(_logits(model, tokens, hooks), tokens, mask),
         what=f"the loss with heads {heads} mean-ablated",
         hint="take each layer's mean z over the batch from ONE clean run (run_with_cache) before ablating anything, "

@@ -2,8 +2,11 @@
 
 The ground truth is the hand-set induction circuit of `mechlearn.handcrafted`: its
 previous-token head and induction head are known, so a score or a finder is right
-when it names them, and nothing else. Scores are also compared with
-`mechlearn.induction` on the same attention patterns.
+when it names them, and nothing else. Its other heads have zero weights and attend
+uniformly, whatever the tokens, so their scores are exact numbers that depend only on
+`seq_len` and `bos`: thresholds on either side of them tell whether a finder uses those
+arguments. Scores are also compared with `mechlearn.induction` on the circuit's patterns
+and on random ones.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn import induction
-from mechlearn.checks.core import call_learner, check, expect, expect_tensor
+from mechlearn.checks.core import call_learner_read_only, check, expect, expect_tensor
 from mechlearn.handcrafted import InductionCircuit, induction_circuit_model
 from mechlearn.models import ModelConfig, make_model
 
 SEQ_LEN, BOS = 12, 0
+RANDOM_SEQ_LEN = 5
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,14 +38,40 @@ def circuit_patterns() -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=1)
+def random_patterns() -> torch.Tensor:
+    """Causal attention patterns [layer batch head query key] that differ in every sequence and head.
+
+    The repeated block (the last 2 * RANDOM_SEQ_LEN positions) follows a prefix of 3 positions,
+    so a score that takes seq_len from the pattern's size, or skips a fixed number of
+    positions for a BOS, misses it.
+    """
+    n_pos = 2 * RANDOM_SEQ_LEN + 3
+    scores = torch.randn(2, 4, 3, n_pos, n_pos, generator=torch.Generator().manual_seed(0))
+    future = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(diagonal=1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+@functools.lru_cache(maxsize=1)
 def random_model() -> TransformerBridge:
     return make_model(ModelConfig(d_vocab=32, n_ctx=32, n_layers=2, n_heads=3, d_head=8, d_model=24, d_mlp=None, seed=3))
 
 
-def _expect_scores(learner_fn, reference_fn, *args, what: str, hint: str) -> None:
-    patterns = circuit_patterns()
-    actual = call_learner(learner_fn, patterns.clone(), *args)
-    expect_tensor(actual, reference_fn(patterns, *args), what=what, atol=1e-5, rtol=1e-4, hint=hint)
+def _expect_scores(learner_fn, reference_fn, *, takes_seq_len: bool, what: str, hint: str) -> None:
+    """Compare on the circuit's patterns, then on random ones with another seq_len and a longer prefix."""
+    cases = [
+        (circuit_patterns(), SEQ_LEN, "", hint),
+        (
+            random_patterns(),
+            RANDOM_SEQ_LEN,
+            f" on random patterns (seq_len={RANDOM_SEQ_LEN}, after 3 other positions)",
+            "every sequence of the batch attends differently here, and the repeated block does not start at "
+            "position 1: average over every sequence, and place the second half with the seq_len you are given.",
+        ),
+    ]
+    for patterns, seq_len, where, case_hint in cases:
+        args = (seq_len,) if takes_seq_len else ()
+        actual = call_learner_read_only(learner_fn, patterns, *args)
+        expect_tensor(actual, reference_fn(patterns, *args), what=what + where, atol=1e-5, rtol=1e-4, hint=case_hint)
 
 
 @check
@@ -50,6 +80,7 @@ def check_previous_token_scores(previous_token_scores) -> None:
     _expect_scores(
         previous_token_scores,
         induction.previous_token_scores,
+        takes_seq_len=False,
         what="the previous-token scores",
         hint="average pattern[..., q, q - 1] over the batch and over queries q >= 1: the diagonal just below "
         "the main one (Tensor.diagonal(offset=-1, dim1=-2, dim2=-1)).",
@@ -62,7 +93,7 @@ def check_duplicate_token_scores(duplicate_token_scores) -> None:
     _expect_scores(
         duplicate_token_scores,
         induction.duplicate_token_scores,
-        SEQ_LEN,
+        takes_seq_len=True,
         what="the duplicate-token scores",
         hint="the repeated block is the last 2 * seq_len positions; average pattern[..., q, q - seq_len] over "
         "second-half queries q only.",
@@ -75,12 +106,12 @@ def check_induction_scores(induction_scores) -> None:
     _expect_scores(
         induction_scores,
         induction.induction_scores,
-        SEQ_LEN,
+        takes_seq_len=True,
         what="the induction scores",
         hint="the token after the first occurrence of position q is at q - seq_len + 1; average over "
         "second-half queries only.",
     )
-    scores = call_learner(induction_scores, circuit_patterns().clone(), SEQ_LEN)
+    scores = call_learner_read_only(induction_scores, circuit_patterns(), SEQ_LEN)
     expect(
         scores.argmax().item() == 3,
         "your induction scores do not peak at the planted induction head (layer 1, head 0).",
@@ -90,19 +121,41 @@ def check_induction_scores(induction_scores) -> None:
 
 @check
 def check_find_induction_heads(find_induction_heads) -> None:
-    """Names exactly the planted head on the hand-set circuit, and no head on a random model."""
-    found = call_learner(find_induction_heads, circuit().model, threshold=0.5, seq_len=SEQ_LEN, bos=BOS)
+    """Names exactly the planted head on the hand-set circuit, no head on a random model, and the
+    circuit's uniform heads exactly when the threshold is below their score for that seq_len and bos."""
+    found = _found_heads(find_induction_heads, circuit().model, threshold=0.5, seq_len=SEQ_LEN, bos=BOS)
     expect(
-        [tuple(head) for head in found] == [circuit().induction_head],
+        found == [circuit().induction_head],
         f"on the hand-set circuit you found {found}, but the only induction head is {circuit().induction_head}.",
         "run the model on repeated random tokens, compute induction_scores, keep (layer, head) pairs at or above the threshold.",
     )
-    found = call_learner(find_induction_heads, random_model(), threshold=0.5, seq_len=SEQ_LEN, bos=BOS)
+    found = _found_heads(find_induction_heads, random_model(), threshold=0.5, seq_len=SEQ_LEN, bos=BOS)
     expect(
-        list(found) == [],
+        found == [],
         f"on a randomly initialised model you found {found}; it has no induction heads.",
         "compare each score with the threshold, not with the other heads.",
     )
+    # The uniform heads score 0.114 at seq_len=5 (0.053 at 12) and 0.170 at seq_len=3 with BOS (0.206 without).
+    cases = [
+        (0.1, 5, "use the threshold and seq_len you are given, and keep every head at or above the threshold."),
+        (0.19, 3, "pass bos on to the function that makes the repeated tokens: with it every position moves by one."),
+    ]
+    for threshold, seq_len, hint in cases:
+        settings = {"threshold": threshold, "seq_len": seq_len, "bos": BOS}
+        found = _found_heads(find_induction_heads, circuit().model, **settings)
+        expected = induction.find_induction_heads(circuit().model, **settings)
+        expect(
+            found == expected,
+            f"on the hand-set circuit with {', '.join(f'{k}={v}' for k, v in settings.items())} you found {found}, "
+            f"expected {expected}.",
+            hint,
+        )
+
+
+def _found_heads(find_induction_heads, model: TransformerBridge, **settings) -> list[tuple[int, int]]:
+    """The learner's heads as sorted (layer, head) pairs of ints: any order and any pair type will do."""
+    found = call_learner_read_only(find_induction_heads, model, **settings)
+    return sorted(tuple(int(i) for i in head) for head in found)
 
 
 @check
@@ -110,7 +163,7 @@ def check_k_composition_scores(k_composition_scores) -> None:
     """Equals TransformerLens's `all_composition_scores("K")` between layers 0 and 1."""
     model = random_model()
     expected = model.all_composition_scores("K").scores[0, :, 1, :].detach()
-    actual = call_learner(k_composition_scores, model)
+    actual = call_learner_read_only(k_composition_scores, model)
     expect_tensor(
         actual,
         expected,
@@ -130,12 +183,33 @@ def check_ablation_cost(ablation_cost) -> None:
     repeated, first_half = torch.zeros_like(tokens, dtype=torch.bool), torch.zeros_like(tokens, dtype=torch.bool)
     repeated[:, SEQ_LEN + 2 :] = True
     first_half[:, 2 : SEQ_LEN + 1] = True  # unpredictable tokens: a high clean loss that ablation leaves alone
-    cases = [([circuit().induction_head], repeated), ([(1, 2)], repeated), ([circuit().induction_head], first_half)]
-    for heads, mask in cases:
+    ragged = torch.zeros_like(repeated)
+    for row in range(len(tokens)):  # a different number of tokens, and different tokens, in every sequence
+        ragged[row, SEQ_LEN + 2 : SEQ_LEN + 3 + 3 * row % (SEQ_LEN - 1)] = True
+        ragged[row, 2 + row % SEQ_LEN] = True
+    hint = "return ablated_loss - clean_loss as a float (.item()), with the heads' hook_z zeroed only at those heads."
+    cases = [
+        ([circuit().induction_head], repeated, hint),
+        ([(1, 2)], repeated, hint),
+        ([circuit().induction_head], first_half, hint),
+        (
+            [(1, 2), circuit().previous_token_head, circuit().induction_head],
+            repeated,
+            "ablate every head in the list, all in the same run: the cost of losing two heads together is not "
+            "the sum of their costs.",
+        ),
+        (
+            [circuit().induction_head],
+            ragged,
+            "here each sequence marks a different number of tokens: take each sequence's own row of the mask, "
+            "and average over all the marked tokens at once.",
+        ),
+    ]
+    for heads, mask, case_hint in cases:
         expected = induction.ablation_cost(model, tokens, mask, heads)
-        actual = call_learner(ablation_cost, model, tokens.clone(), mask.clone(), heads)
+        actual = call_learner_read_only(ablation_cost, model, tokens, mask, heads)
         expect(
             isinstance(actual, float) and abs(actual - expected) < 1e-4,
             f"ablating {heads} should raise the loss on the masked tokens by {expected:.4f} nats; you returned {actual!r}.",
-            "return ablated_loss - clean_loss as a float (.item()), with the heads' hook_z zeroed only at those heads.",
+            case_hint,
         )

@@ -10,6 +10,7 @@ traceback from deep inside the checker.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sysconfig
@@ -19,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from transformer_lens.ActivationCache import ActivationCache
 
-__all__ = ["CheckFailed", "call_learner", "expect_tensor", "expect", "check"]
+__all__ = ["CheckFailed", "call_learner", "call_learner_read_only", "expect_tensor", "expect", "check"]
 
 LOG_ENV_VAR = "MECHLEARN_CHECK_LOG"
 """If set to a file path, `@check` functions record their outcome there instead of raising."""
@@ -81,6 +83,102 @@ def call_learner(fn: object, *args: Any, **kwargs: Any) -> Any:
         raise _not_implemented(name, error) from None
     except Exception as error:
         raise _crashed(name, error) from None
+
+
+def call_learner_read_only(fn: object, *args: Any, **kwargs: Any) -> Any:
+    """`call_learner`, failing if the learner's code changed an argument it should only read.
+
+    Tensors and activation caches go in as copies, so an in-place edit cannot spoil the
+    check's own answers, and are compared with the originals afterwards. A model goes in
+    as it is and must come back with the same weights and no hook left attached; if it
+    does not, it is restored first, so the checks that use it afterwards still work.
+    """
+    originals = [*args, *kwargs.values()]
+    copies = [_copy(value) for value in originals]
+    models = {id(value): _ModelState(value) for value in originals if isinstance(value, torch.nn.Module)}
+    try:
+        result = call_learner(fn, *copies[: len(args)], **dict(zip(kwargs, copies[len(args) :])))
+    finally:
+        changes = [state.restore() for state in models.values()]
+    name = getattr(fn, "__name__", type(fn).__name__)
+    for change in changes:
+        expect(not change, f"`{name}` {change}", hint=_MODEL_CHANGED_HINT)
+    for argument, original, copy in zip([*_parameter_names(fn, len(args)), *kwargs], originals, copies):
+        expect(
+            _same(original, copy),
+            f"`{name}` changed its argument `{argument}` in place",
+            hint="work on a copy (`.clone()`) or build a new tensor: the caller still needs the original, "
+            "and an activation edited in place changes the cache it came from too",
+        )
+    return result
+
+
+_MODEL_CHANGED_HINT = (
+    "leave the model as you found it: ablate with hooks in `model.run_with_hooks`, which removes them when "
+    "the run ends (after `model.add_hook`, call `model.reset_hooks()`), and edit weights only on a "
+    "`copy.deepcopy(model)`"
+)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, ActivationCache):
+        return ActivationCache({name: tensor.clone() for name, tensor in value.items()}, value.model)
+    return value
+
+
+def _same(original: Any, copy: Any) -> bool:
+    """Whether the learner's copy still equals the original (NaN equal to NaN)."""
+    if isinstance(original, ActivationCache):
+        # New entries are fine: TransformerLens helpers such as stack_head_results cache what they compute.
+        return all(name in copy.keys() and _same(original[name], copy[name]) for name in original.keys())
+    if not isinstance(original, torch.Tensor):
+        return True
+    return (
+        original.shape == copy.shape
+        and original.dtype == copy.dtype
+        and original.device == copy.device
+        and bool(((original == copy) | (original.isnan() & copy.isnan())).all())
+    )
+
+
+def _parameter_names(fn: object, n_args: int) -> list[str]:
+    """The names of the first `n_args` parameters of `fn`, for messages; positions where unknown."""
+    try:
+        parameters = [p.name for p in inspect.signature(fn).parameters.values() if p.kind <= p.POSITIONAL_OR_KEYWORD]
+    except (TypeError, ValueError):
+        parameters = []
+    return [parameters[i] if i < len(parameters) else f"number {i + 1}" for i in range(n_args)]
+
+
+class _ModelState:
+    """A model's weights and hook count, to tell whether the learner's code changed them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        self.n_hooks = _hook_count(model)
+
+    def restore(self) -> str:
+        """Undo what the learner's code changed; say what that was, or ''."""
+        current = self.model.state_dict()
+        changed = [name for name, saved in self.weights.items() if not _same(saved, current[name])]
+        with torch.no_grad():
+            for name in changed:
+                current[name].copy_(self.weights[name])
+        extra_hooks = _hook_count(self.model) - self.n_hooks
+        if extra_hooks > 0 and hasattr(self.model, "reset_hooks"):
+            self.model.reset_hooks()  # TransformerLens: removes the hooks added since, not the permanent ones
+        if changed:
+            return f"changed the model's weights in place ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+        return f"left {extra_hooks} hook(s) attached to the model" if extra_hooks > 0 else ""
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    """The hooks on a TransformerLens model's hook points (not the hooks TransformerLens keeps for itself)."""
+    hook_points = {id(point): point for point in getattr(model, "hook_dict", {}).values()}  # names may alias
+    return sum(len(point.fwd_hooks) + len(point.bwd_hooks) for point in hook_points.values())
 
 
 def _not_implemented(name: str, error: NotImplementedError) -> CheckFailed:
