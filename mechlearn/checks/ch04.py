@@ -6,8 +6,8 @@ high held-out accuracy, and a probe that never trained stays at the majority bas
 Layer sweeps get one layer with the planted structure in both its training and test rows,
 and two with it on one side only. Control labels are checked statistically, on labels that
 lean on sparse type ids. The directions and the steering hook are compared with
-`mechlearn.probes` on the same inputs, and every check makes sure the learner's code leaves
-its arguments as they were.
+`mechlearn.probes` on the same inputs; train_probe, class_direction and steering_hook must
+also leave their arguments as they were.
 """
 
 from __future__ import annotations
