@@ -167,6 +167,34 @@ def test_train_probe_with_the_classes_found_in_the_labels() -> None:
     assert "expected (16, 5, 4)" in message
 
 
+def normalising(fold_scale=True):
+    """A learner's train_probe: it trains on centred activations of unit RMS, then folds the shift (and the scale) back."""
+
+    def train_probe(activations, labels, n_classes):
+        mean = activations.mean(dim=0)
+        scale = (activations - mean).square().mean().sqrt()
+        probe = probes.train_probe((activations - mean) / scale, labels, n_classes)
+        with torch.no_grad():
+            if fold_scale:
+                probe.weight /= scale
+            probe.bias -= torch.einsum("d,dtc->tc", mean, probe.weight)
+        return probe
+
+    return train_probe
+
+
+def test_train_probe_normalising_and_folding_back_passes(capsys) -> None:
+    ch04.check_train_probe(normalising())
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.mistake
+def test_train_probe_without_folding_the_scale_back() -> None:
+    """The weights stay those for unit-RMS activations: 4 times too large against the bias, so the class bias loses."""
+    message = expect_failure(ch04.check_train_probe, normalising(fold_scale=False), hint_contains="weight / scale")
+    assert "accuracy 0.80" in message
+
+
 # --- accuracy_by_layer ------------------------------------------------------------------------
 
 
