@@ -313,18 +313,18 @@ def test_control_labels_with_the_frequencies_of_all_targets_pooled() -> None:
     expect_failure(ch04.check_control_labels, pooled, hint_contains="pooled")
 
 
-def control_from_counts(counts_of, n_draws_of=lambda unique_types: len(unique_types), index_of=lambda types, type_of_row: type_of_row, seed_per_target=False):
-    """A learner's control_labels: `counts_of(labels, n_classes, type_of_row, n_types)` gives [.. class] counts to draw from."""
+def per_target(index_of=lambda types, type_of_row: type_of_row, seed_per_target=False):
+    """A learner's control_labels that draws one target at a time, each from that target's class counts."""
 
     def control_labels(labels, types, n_classes, seed=0):
         unique_types, type_of_row = types.unique(return_inverse=True)
-        counts = counts_of(labels, n_classes, type_of_row, len(unique_types))
+        counts = class_frequencies(labels, n_classes)
         generator = torch.Generator().manual_seed(seed)
         classes = []
-        for target in range(labels.shape[1]):
+        for target_counts in counts:
             if seed_per_target:
                 generator = torch.Generator().manual_seed(seed)
-            classes.append(torch.multinomial(counts[target], n_draws_of(unique_types), replacement=True, generator=generator))
+            classes.append(torch.multinomial(target_counts, len(unique_types), replacement=True, generator=generator))
         return torch.stack(classes)[:, index_of(types, type_of_row)].T
 
     return control_labels
@@ -332,22 +332,20 @@ def control_from_counts(counts_of, n_draws_of=lambda unique_types: len(unique_ty
 
 def test_control_labels_one_target_at_a_time_passes(capsys) -> None:
     """Another correct answer: a loop over the targets, all drawn from one generator."""
-    ch04.check_control_labels(control_from_counts(lambda labels, n_classes, *_: class_frequencies(labels, n_classes)))
+    ch04.check_control_labels(per_target())
     assert "✓" in capsys.readouterr().out
 
 
 @pytest.mark.mistake
 def test_control_labels_indexing_with_the_types_themselves() -> None:
     """`classes[:, types]` works only while the types happen to be 0..n_types-1."""
-    with_types = control_from_counts(lambda labels, n_classes, *_: class_frequencies(labels, n_classes), index_of=lambda types, _: types)
-    message = expect_failure(ch04.check_control_labels, with_types)
+    message = expect_failure(ch04.check_control_labels, per_target(index_of=lambda types, _: types))
     assert "raised IndexError" in message
 
 
 @pytest.mark.mistake
 def test_control_labels_reseeding_for_every_target() -> None:
-    reseeded = control_from_counts(lambda labels, n_classes, *_: class_frequencies(labels, n_classes), seed_per_target=True)
-    message = expect_failure(ch04.check_control_labels, reseeded, hint_contains="re-seeding")
+    message = expect_failure(ch04.check_control_labels, per_target(seed_per_target=True), hint_contains="re-seeding")
     assert "for independent draws" in message
 
 
@@ -355,16 +353,12 @@ def test_control_labels_reseeding_for_every_target() -> None:
 def test_control_labels_drawn_from_each_types_own_rows() -> None:
     """Class counts per (type, target): the control labels echo the real ones."""
 
-    def per_type_counts(labels, n_classes, type_of_row, n_types):
-        counts = torch.zeros(n_types, labels.shape[1], n_classes).index_add_(0, type_of_row, F.one_hot(labels, n_classes).float())
-        return counts.transpose(0, 1)  # [target type class]: multinomial draws one class per type
-
     def per_type(labels, types, n_classes, seed=0):
         unique_types, type_of_row = types.unique(return_inverse=True)
-        counts = per_type_counts(labels, n_classes, type_of_row, len(unique_types))
+        counts = torch.zeros(len(unique_types), labels.shape[1], n_classes).index_add_(0, type_of_row, F.one_hot(labels, n_classes).float())
         generator = torch.Generator().manual_seed(seed)
-        classes = torch.stack([torch.multinomial(row, 1, generator=generator)[:, 0] for row in counts])  # [target type]
-        return classes[:, type_of_row].T
+        classes = torch.multinomial(counts.flatten(0, 1), 1, generator=generator).view(len(unique_types), labels.shape[1])
+        return classes[type_of_row]
 
     message = expect_failure(ch04.check_control_labels, per_type, hint_contains="ALL rows")
     assert "(chance)" in message
@@ -504,7 +498,10 @@ def test_steering_hook_by_indexing_a_copy_passes(capsys) -> None:
 @pytest.mark.mistake
 def test_steering_hook_with_one_position_per_sequence_only() -> None:
     """`positions[:, 0]` is right while every sequence has one position, and drops the rest of [batch k]."""
-    first_only = lambda direction, scale, positions=None: index_added(direction, scale, positions, first_column_only=positions is not None and positions.ndim == 2)
+
+    def first_only(direction, scale, positions=None):
+        return index_added(direction, scale, positions, first_column_only=positions is not None and positions.ndim == 2)
+
     message = expect_failure(ch04.check_steering_hook, first_only, hint_contains="only at the chosen positions")
     assert "two positions per sequence" in message
 

@@ -197,13 +197,15 @@ def test_sample_features_with_a_generator_of_its_own(make_generator, message) ->
 @pytest.mark.mistake
 def test_sample_features_with_one_mask_draw_for_all_instances() -> None:
     """A [batch 1 feature] draw: each instance's marginals are right, but the instances switch features on together."""
-    message = expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, mask_shape=lambda shape: (shape[0], 1, shape[2])), hint_contains="independently")
+    shared = masked_uniform(torch.lt, mask_shape=lambda shape: (shape[0], 1, shape[2]))
+    message = expect_failure(ch05.check_sample_features, shared, hint_contains="independently")
     assert "present together" in message
 
 
 @pytest.mark.mistake
 def test_sample_features_with_one_value_per_example() -> None:
-    message = expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, values=lambda shape, **rng: torch.rand(shape[0], 1, 1, **rng)), hint_contains="one value per example")
+    one_value = masked_uniform(torch.lt, values=lambda shape, **rng: torch.rand(shape[0], 1, 1, **rng))
+    message = expect_failure(ch05.check_sample_features, one_value, hint_contains="one value per example")
     assert "correlation" in message
 
 
@@ -474,7 +476,8 @@ def test_classify_phase_superposition_without_feature_0_represented() -> None:
 
 @pytest.mark.mistake
 def test_classify_phase_with_a_fixed_threshold() -> None:
-    message = expect_failure(ch05.check_classify_phase, lambda W, threshold=0.5: superposition.classify_phase(W), hint_contains="not a fixed 0.5")
+    fixed = lambda W, threshold=0.5: superposition.classify_phase(W)  # noqa: E731
+    message = expect_failure(ch05.check_classify_phase, fixed, hint_contains="not a fixed 0.5")
     assert "with threshold=0.95" in message
 
 

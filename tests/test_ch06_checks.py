@@ -310,7 +310,8 @@ def test_window_dead_fraction_as_a_count() -> None:
 
 @pytest.mark.mistake
 def test_window_dead_fraction_with_the_notebooks_window_written_in() -> None:
-    message = expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps >= 100).float().mean(), hint_contains="dead_window you are given")
+    written_in = lambda steps, window: (steps >= 100).float().mean()  # noqa: E731
+    message = expect_failure(ch06.check_window_dead_fraction, written_in, hint_contains="dead_window you are given")
     assert "dead_window=42" in message
 
 

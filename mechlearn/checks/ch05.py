@@ -199,7 +199,8 @@ def check_classify_phase(classify_phase) -> None:
         actual = call_learner(classify_phase, PHASE_W.clone(), *extra)
         expect(
             isinstance(actual, Tensor) and tuple(actual.shape) == (n_models,),
-            f"classify_phase returned {type(actual).__name__} {tuple(getattr(actual, 'shape', ()))}, expected one class per instance: shape {(n_models,)}",
+            f"classify_phase returned {type(actual).__name__} {tuple(getattr(actual, 'shape', ()))}, "
+            f"expected one class per instance: shape {(n_models,)}",
             hint="return a tensor of class indices into PHASE_NAMES, one per instance.",
         )
         with_threshold = "" if threshold is None else f" with threshold={threshold}"
