@@ -79,33 +79,37 @@ def test_sample_features_with_bernoulli_passes(capsys) -> None:
     assert "✓" in capsys.readouterr().out
 
 
-def masked_uniform(compare, values=torch.rand, mask_shape=None, use_generator=True):
+def masked_uniform(compare, values=torch.rand, mask_shape=lambda shape: shape, use_generator=True):
     """A learner's sample_features: uniform values where `compare(draw, probability)`, 0 elsewhere."""
 
     def sample_features(batch_size, feature_probability, generator):
         shape = (batch_size, *feature_probability.shape)
         rng = {"generator": generator} if use_generator else {}
-        present = compare(torch.rand(mask_shape or shape, **rng), feature_probability)
+        present = compare(torch.rand(mask_shape(shape), **rng), feature_probability)
         return torch.where(present, values(shape, **rng), 0.0)
 
     return sample_features
 
 
+@pytest.mark.mistake
 def test_sample_features_present_above_the_probability() -> None:
     message = expect_failure(ch05.check_sample_features, masked_uniform(torch.gt), hint_contains="BELOW")
     assert "frequencies" in message
 
 
+@pytest.mark.mistake
 def test_sample_features_ignoring_the_generator() -> None:
     expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, use_generator=False), hint_contains="generator=generator")
 
 
+@pytest.mark.mistake
 def test_sample_features_with_one_mask_for_the_whole_batch() -> None:
     """A [instance feature] mask broadcast over the batch: every feature is always or never present."""
-    sample_features = masked_uniform(torch.lt, mask_shape=(2, 3))
+    sample_features = masked_uniform(torch.lt, mask_shape=lambda shape: shape[1:])
     expect_failure(ch05.check_sample_features, sample_features, hint_contains="BELOW")
 
 
+@pytest.mark.mistake
 def test_sample_features_reusing_the_mask_draw_as_the_value() -> None:
     """`u < p` keeps u itself, so present values are uniform in [0, p), not [0, 1]."""
 
@@ -116,6 +120,7 @@ def test_sample_features_reusing_the_mask_draw_as_the_value() -> None:
     expect_failure(ch05.check_sample_features, reused, hint_contains="torch.rand")
 
 
+@pytest.mark.mistake
 def test_sample_features_returning_the_mask() -> None:
     def mask_only(batch_size, feature_probability, generator):
         return (torch.rand(batch_size, *feature_probability.shape, generator=generator) < feature_probability).float()
@@ -124,14 +129,12 @@ def test_sample_features_returning_the_mask() -> None:
     assert "mean 1.000" in message
 
 
-def test_sample_features_with_randn_values() -> None:
-    expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, values=torch.randn))
-
-
+@pytest.mark.mistake
 def test_sample_features_with_randn_values_hints_at_rand() -> None:
     expect_failure(ch05.check_sample_features, masked_uniform(torch.lt, values=torch.randn), hint_contains="torch.randn")
 
 
+@pytest.mark.mistake
 def test_sample_features_as_instance_feature_batch() -> None:
     def batch_last(batch_size, feature_probability, generator):
         shape = (*feature_probability.shape, batch_size)
@@ -139,9 +142,10 @@ def test_sample_features_as_instance_feature_batch() -> None:
         return torch.where(present, torch.rand(shape, generator=generator), 0.0)
 
     message = expect_failure(ch05.check_sample_features, batch_last, hint_contains="[batch, *feature_probability.shape]")
-    assert "(2, 3, 20000)" in message
+    assert "(3, 3, 20000)" in message
 
 
+@pytest.mark.mistake
 def test_sample_features_with_one_draw_per_instance() -> None:
     def per_instance(batch_size, feature_probability, generator):
         n_instances, n_features = feature_probability.shape
@@ -151,9 +155,64 @@ def test_sample_features_with_one_draw_per_instance() -> None:
     expect_failure(ch05.check_sample_features, per_instance)
 
 
+def test_sample_features_rescaling_one_draw_passes(capsys) -> None:
+    """Another correct recipe: one draw u, present where u < p, with the value u / p (uniform in [0, 1) given u < p)."""
+
+    def rescaled(batch_size, feature_probability, generator):
+        draw = torch.rand(batch_size, *feature_probability.shape, generator=generator)
+        return torch.where(draw < feature_probability, draw / feature_probability, 0.0)
+
+    ch05.check_sample_features(rescaled)
+    assert "✓" in capsys.readouterr().out
+
+
+def seeded_inside(make_generator):
+    """A learner's sample_features that draws from `make_generator(generator)` instead of the generator it is given."""
+
+    def sample_features(batch_size, feature_probability, generator):
+        own = make_generator(generator)
+        shape = (batch_size, *feature_probability.shape)
+        return torch.where(torch.rand(shape, generator=own) < feature_probability, torch.rand(shape, generator=own), 0.0)
+
+    return sample_features
+
+
+def copy_of(generator):
+    own = torch.Generator()
+    own.set_state(generator.get_state())
+    return own
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "make_generator, message",
+    [(lambda _: torch.Generator().manual_seed(0), "seeds 0 and 1 gave the same"), (copy_of, "a second call with the same generator")],
+    ids=["its_own_seed", "a_copy_of_the_generator"],
+)
+def test_sample_features_with_a_generator_of_its_own(make_generator, message) -> None:
+    """The same seed repeats either way; but another seed, or the next training step, gets the same batch again."""
+    assert message in expect_failure(ch05.check_sample_features, seeded_inside(make_generator), hint_contains="do not create, seed or copy")
+
+
+@pytest.mark.mistake
+def test_sample_features_with_one_mask_draw_for_all_instances() -> None:
+    """A [batch 1 feature] draw: each instance's marginals are right, but the instances switch features on together."""
+    shared = masked_uniform(torch.lt, mask_shape=lambda shape: (shape[0], 1, shape[2]))
+    message = expect_failure(ch05.check_sample_features, shared, hint_contains="independently")
+    assert "present together" in message
+
+
+@pytest.mark.mistake
+def test_sample_features_with_one_value_per_example() -> None:
+    one_value = masked_uniform(torch.lt, values=lambda shape, **rng: torch.rand(shape[0], 1, 1, **rng))
+    message = expect_failure(ch05.check_sample_features, one_value, hint_contains="one value per example")
+    assert "correlation" in message
+
+
 # --- toy_forward --------------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_toy_forward_without_the_relu() -> None:
     def linear(W, b_final, features):
         return back_to_features(W, hidden_of(W, features)) + b_final
@@ -161,6 +220,7 @@ def test_toy_forward_without_the_relu() -> None:
     expect_failure(ch05.check_toy_forward, linear, hint_contains="ReLU")
 
 
+@pytest.mark.mistake
 def test_toy_forward_with_the_relu_before_the_bias() -> None:
     def relu_first(W, b_final, features):
         return F.relu(back_to_features(W, hidden_of(W, features))) + b_final
@@ -168,6 +228,7 @@ def test_toy_forward_with_the_relu_before_the_bias() -> None:
     expect_failure(ch05.check_toy_forward, relu_first, hint_contains="ReLU last")
 
 
+@pytest.mark.mistake
 def test_toy_forward_without_the_bias() -> None:
     def no_bias(W, b_final, features):
         return F.relu(back_to_features(W, hidden_of(W, features)))
@@ -175,6 +236,7 @@ def test_toy_forward_without_the_bias() -> None:
     expect_failure(ch05.check_toy_forward, no_bias, hint_contains="b_final")
 
 
+@pytest.mark.mistake
 def test_toy_forward_with_W_not_transposed_on_the_way_back() -> None:
     """Batched matmul reads W as [instance hidden feature] both ways; the shapes do not line up."""
 
@@ -186,6 +248,7 @@ def test_toy_forward_with_W_not_transposed_on_the_way_back() -> None:
     assert "`matmul` raised RuntimeError" in message
 
 
+@pytest.mark.mistake
 def test_toy_forward_with_one_instances_weights() -> None:
     def first_instance(W, b_final, features):
         hidden = einops.einsum(features, W[0], "batch instance feature, hidden feature -> batch instance hidden")
@@ -207,6 +270,7 @@ def reduced_error(reduce, weighted=True):
     return importance_weighted_loss
 
 
+@pytest.mark.mistake
 def test_importance_weighted_loss_with_the_mean_over_features() -> None:
     expect_failure(
         ch05.check_importance_weighted_loss,
@@ -215,6 +279,7 @@ def test_importance_weighted_loss_with_the_mean_over_features() -> None:
     )
 
 
+@pytest.mark.mistake
 def test_importance_weighted_loss_without_the_importance() -> None:
     expect_failure(
         ch05.check_importance_weighted_loss,
@@ -223,6 +288,7 @@ def test_importance_weighted_loss_without_the_importance() -> None:
     )
 
 
+@pytest.mark.mistake
 def test_importance_weighted_loss_with_the_mean_over_instances() -> None:
     expect_failure(
         ch05.check_importance_weighted_loss,
@@ -231,10 +297,12 @@ def test_importance_weighted_loss_with_the_mean_over_instances() -> None:
     )
 
 
+@pytest.mark.mistake
 def test_importance_weighted_loss_with_the_mean_over_everything() -> None:
     expect_failure(ch05.check_importance_weighted_loss, reduced_error(torch.mean), hint_contains="SUM")
 
 
+@pytest.mark.mistake
 def test_importance_weighted_loss_per_instance() -> None:
     message = expect_failure(
         ch05.check_importance_weighted_loss, reduced_error(lambda error: error.sum(dim=2).mean(dim=0)), hint_contains="0-d tensor"
@@ -242,6 +310,7 @@ def test_importance_weighted_loss_per_instance() -> None:
     assert "shape (3,), expected ()" in message
 
 
+@pytest.mark.mistake
 def test_importance_weighted_loss_as_a_float() -> None:
     message = expect_failure(ch05.check_importance_weighted_loss, reduced_error(lambda error: error.sum(dim=(1, 2)).mean().item()))
     assert "got float" in message
@@ -265,6 +334,7 @@ def test_feature_dimensionality_with_an_eps_passes(capsys) -> None:
     assert "✓" in capsys.readouterr().out
 
 
+@pytest.mark.mistake
 def test_feature_dimensionality_without_the_square_in_the_numerator() -> None:
     def unsquared(W):
         G = gram(W)
@@ -273,6 +343,7 @@ def test_feature_dimensionality_without_the_square_in_the_numerator() -> None:
     expect_failure(ch05.check_feature_dimensionality, unsquared, hint_contains="G_ii^2")
 
 
+@pytest.mark.mistake
 def test_feature_dimensionality_without_the_clamp() -> None:
     def no_clamp(W):
         G = gram(W)
@@ -282,6 +353,7 @@ def test_feature_dimensionality_without_the_clamp() -> None:
     assert "1 NaN" in message
 
 
+@pytest.mark.mistake
 def test_feature_dimensionality_normalised_along_the_features() -> None:
     """Ŵ_i = W_i / ||W_i|| with the norm taken over the features instead of the hidden dimensions."""
 
@@ -293,6 +365,7 @@ def test_feature_dimensionality_normalised_along_the_features() -> None:
     expect_failure(ch05.check_feature_dimensionality, wrong_axis, hint_contains="G_ii^2")
 
 
+@pytest.mark.mistake
 def test_feature_dimensionality_with_the_hidden_gram_matrix() -> None:
     """W W^T is [instance hidden hidden]: its diagonal has one entry per hidden dimension, not per feature."""
 
@@ -304,6 +377,7 @@ def test_feature_dimensionality_with_the_hidden_gram_matrix() -> None:
     assert "shape (3, 2), expected (3, 5)" in message
 
 
+@pytest.mark.mistake
 def test_feature_dimensionality_with_norms_instead_of_dot_products() -> None:
     """||W_i||^2 / sum_j ||W_j||^2: the share of the total norm, blind to the angles between features."""
 
@@ -314,6 +388,7 @@ def test_feature_dimensionality_with_norms_instead_of_dot_products() -> None:
     expect_failure(ch05.check_feature_dimensionality, norm_share, hint_contains="G_ij^2")
 
 
+@pytest.mark.mistake
 def test_feature_dimensionality_with_unsquared_dot_products() -> None:
     def absolute_dots(W):
         G = gram(W)
@@ -329,7 +404,7 @@ def test_feature_dimensionality_with_unsquared_dot_products() -> None:
 def phases(superposed_if, dedicated_if, threshold=0.5):
     """A learner's classify_phase from two rules on (w0, w1, represented0, represented1)."""
 
-    def classify_phase(W):
+    def classify_phase(W, threshold=threshold):
         w0, w1 = W[:, 0, 0], W[:, 0, 1]
         shown0, shown1 = w0.abs() > threshold, w1.abs() > threshold
         superposed = superposed_if(w0, w1, shown0, shown1)
@@ -343,6 +418,7 @@ def longer_or_alone(w0, w1, shown0, shown1):
     return shown1 & (w1.abs() > w0.abs())
 
 
+@pytest.mark.mistake
 def test_classify_phase_without_the_sign_check() -> None:
     message = expect_failure(
         ch05.check_classify_phase, phases(lambda w0, w1, shown0, shown1: shown0 & shown1, longer_or_alone), hint_contains="opposite signs"
@@ -350,6 +426,7 @@ def test_classify_phase_without_the_sign_check() -> None:
     assert "classify_phase gave" in message
 
 
+@pytest.mark.mistake
 def test_classify_phase_thresholding_W_not_its_size() -> None:
     def signed(W, threshold=0.5):
         shown = W[:, 0, :] > threshold
@@ -359,6 +436,7 @@ def test_classify_phase_thresholding_W_not_its_size() -> None:
     expect_failure(ch05.check_classify_phase, signed, hint_contains="norm > 0.5")
 
 
+@pytest.mark.mistake
 def test_classify_phase_of_feature_0() -> None:
     def feature_0(W):
         return superposition.classify_phase(W.flip(-1))
@@ -366,6 +444,7 @@ def test_classify_phase_of_feature_0() -> None:
     expect_failure(ch05.check_classify_phase, feature_0, hint_contains="feature 1")
 
 
+@pytest.mark.mistake
 def test_classify_phase_returning_a_list() -> None:
     def as_list(W):
         return superposition.classify_phase(W).tolist()
@@ -374,6 +453,7 @@ def test_classify_phase_returning_a_list() -> None:
     assert "returned list" in message
 
 
+@pytest.mark.mistake
 def test_classify_phase_returning_one_hot() -> None:
     def one_hot(W):
         return F.one_hot(superposition.classify_phase(W), len(superposition.PHASE_NAMES))
@@ -382,11 +462,27 @@ def test_classify_phase_returning_one_hot() -> None:
     assert "expected one class per instance" in message
 
 
+@pytest.mark.mistake
 def test_classify_phase_ignoring_same_side_pairs() -> None:
     only_alone = phases(lambda w0, w1, shown0, shown1: shown0 & shown1 & (w0 * w1 < 0), lambda w0, w1, shown0, shown1: shown1 & ~shown0)
     expect_failure(ch05.check_classify_phase, only_alone, hint_contains="same-side pair")
 
 
+@pytest.mark.mistake
 def test_classify_phase_superposition_without_feature_0_represented() -> None:
     no_feature_0 = phases(lambda w0, w1, shown0, shown1: shown1 & (w0 * w1 < 0), longer_or_alone)
     expect_failure(ch05.check_classify_phase, no_feature_0, hint_contains="BOTH features represented")
+
+
+@pytest.mark.mistake
+def test_classify_phase_with_a_fixed_threshold() -> None:
+    fixed = lambda W, threshold=0.5: superposition.classify_phase(W)  # noqa: E731
+    message = expect_failure(ch05.check_classify_phase, fixed, hint_contains="not a fixed 0.5")
+    assert "with threshold=0.95" in message
+
+
+@pytest.mark.mistake
+def test_classify_phase_comparing_signed_weights() -> None:
+    """`w1 > w0` instead of `|w1| > |w0|`: right while the weights are positive."""
+    signed_longer = phases(lambda w0, w1, shown0, shown1: shown0 & shown1 & (w0 * w1 < 0), lambda w0, w1, shown0, shown1: shown1 & (w1 > w0))
+    expect_failure(ch05.check_classify_phase, signed_longer, hint_contains="on either side of 0")

@@ -116,15 +116,18 @@ def test_a_stub_fails_as_not_implemented(check) -> None:
 # --- sae_forward --------------------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_sae_forward_without_subtracting_b_dec() -> None:
     message = expect_failure(ch06.check_sae_forward, learner_forward(centre=False), hint_contains="subtract it before encoding")
     assert "the relu SAE's latents" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_encoding_with_the_decoder_transposed() -> None:
     expect_failure(ch06.check_sae_forward, learner_forward(tied=True), hint_contains="not W_dec.T")
 
 
+@pytest.mark.mistake
 def test_sae_forward_top_k_without_the_relu() -> None:
     def no_relu(pre, k):
         values, indices = pre.topk(k, dim=-1)
@@ -134,16 +137,19 @@ def test_sae_forward_top_k_without_the_relu() -> None:
     assert "negative values" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_top_k_keeping_every_positive_latent() -> None:
     message = expect_failure(ch06.check_sae_forward, learner_forward(select=lambda pre, k: pre.relu()), hint_contains="set every other latent to zero")
     assert "k=3" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_top_k_keeping_k_plus_one() -> None:
     message = expect_failure(ch06.check_sae_forward, learner_forward(select=lambda pre, k: keep_top_k(pre, k + 1)))
     assert "gave an input 4 non-zero latents" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_top_k_keeping_the_smallest() -> None:
     def smallest(pre, k):
         values, indices = pre.topk(k, dim=-1, largest=False)
@@ -153,6 +159,7 @@ def test_sae_forward_top_k_keeping_the_smallest() -> None:
     assert "the topk SAE's latents" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_decoding_with_the_decoder_transposed() -> None:
     def transposed(sae, x):
         latents = library_forward(sae, x)[1]
@@ -162,38 +169,58 @@ def test_sae_forward_decoding_with_the_decoder_transposed() -> None:
     assert "`transposed` raised RuntimeError" in message and "sae.W_dec.T" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_without_adding_b_dec_back() -> None:
     message = expect_failure(ch06.check_sae_forward, learner_forward(add_b_dec=False), hint_contains="add b_dec back")
     assert "reconstruction" in message
 
 
+@pytest.mark.mistake
 def test_sae_forward_in_the_wrong_order() -> None:
     message = expect_failure(ch06.check_sae_forward, learner_forward(swap=True), hint_contains="in that order")
     assert "[(8, 16), (8, 6)]" in message
 
 
+@pytest.mark.mistake
+def test_sae_forward_centring_x_in_place() -> None:
+    def in_place(sae, x):
+        x -= sae.b_dec
+        latents = (x @ sae.W_enc + sae.b_enc).relu()
+        if sae.config.kind == "topk":
+            latents = keep_top_k(x @ sae.W_enc + sae.b_enc, sae.config.k)
+        return latents @ sae.W_dec + sae.b_dec, latents
+
+    message = expect_failure(ch06.check_sae_forward, in_place, hint_contains="x -= sae.b_dec")
+    assert "changed the activations x it was given" in message
+
+
 # --- sae_loss ------------------------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_sae_loss_with_the_mse_averaged_over_d_in() -> None:
     message = expect_failure(ch06.check_sae_loss, learner_loss(mse_reduce=torch.mean), hint_contains="SUM it over d_in")
     assert "the relu SAE's mse" in message
 
 
+@pytest.mark.mistake
 def test_sae_loss_with_an_unweighted_l1() -> None:
     message = expect_failure(ch06.check_sae_loss, learner_loss(weighted=False), hint_contains="norm of its decoder row")
     assert "l1 is" in message
 
 
+@pytest.mark.mistake
 def test_sae_loss_with_the_l1_summed_over_the_batch() -> None:
     expect_failure(ch06.check_sae_loss, learner_loss(l1_reduce=torch.sum), hint_contains="AVERAGE over the inputs")
 
 
+@pytest.mark.mistake
 def test_sae_loss_adding_an_l1_term_for_top_k() -> None:
     message = expect_failure(ch06.check_sae_loss, learner_loss(l1_for_topk=True), hint_contains="no L1 term")
     assert "the topk SAE's loss" in message
 
 
+@pytest.mark.mistake
 def test_sae_loss_without_the_l1_key() -> None:
     def mse_only(sae, x):
         reconstruction, _ = sae(x)
@@ -204,6 +231,7 @@ def test_sae_loss_without_the_l1_key() -> None:
     assert "['loss', 'mse']" in message
 
 
+@pytest.mark.mistake
 def test_sae_loss_returning_the_loss_alone() -> None:
     message = expect_failure(ch06.check_sae_loss, lambda sae, x: sae_lib.sae_loss(sae, x)["loss"], hint_contains="return a dict")
     assert "returned torch.float32 tensor of shape ()" in message
@@ -212,19 +240,23 @@ def test_sae_loss_returning_the_loss_alone() -> None:
 # --- l0 ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_l0_with_a_threshold() -> None:
     message = expect_failure(ch06.check_l0, lambda latents: (latents > 1e-3).sum(dim=-1).float().mean(), hint_contains="1e-6 counts")
     assert "is 3.4, expected 4.2" in message
 
 
+@pytest.mark.mistake
 def test_l0_averaged_over_the_latents() -> None:
     expect_failure(ch06.check_l0, lambda latents: (latents != 0).float().mean(), hint_contains="count the non-zero latents of EACH input")
 
 
+@pytest.mark.mistake
 def test_l0_counted_over_the_whole_batch() -> None:
     expect_failure(ch06.check_l0, lambda latents: (latents != 0).sum(), hint_contains="average those counts")
 
 
+@pytest.mark.mistake
 def test_l0_per_input() -> None:
     message = expect_failure(ch06.check_l0, lambda latents: (latents != 0).sum(dim=-1), hint_contains="single number")
     assert "should be one number, got torch.int64 tensor of shape (5,)" in message
@@ -237,15 +269,18 @@ def fvu(error, x):
     return (error.pow(2).sum() / x.pow(2).sum()).item()
 
 
+@pytest.mark.mistake
 def test_explained_variance_without_subtracting_the_mean() -> None:
     message = expect_failure(ch06.check_explained_variance, lambda x, r: 1 - fvu(x - r, x), hint_contains="x.mean(dim=0)")
     assert "is 0.996068, expected 0.899236" in message
 
 
+@pytest.mark.mistake
 def test_explained_variance_around_the_mean_of_all_entries() -> None:
     expect_failure(ch06.check_explained_variance, lambda x, r: 1 - fvu(x - r, x - x.mean()), hint_contains="one mean per dimension")
 
 
+@pytest.mark.mistake
 def test_explained_variance_as_a_mean_of_per_dimension_ratios() -> None:
     def per_dimension(x, reconstruction):
         ratios = (x - reconstruction).pow(2).sum(dim=0) / (x - x.mean(dim=0)).pow(2).sum(dim=0)
@@ -254,6 +289,7 @@ def test_explained_variance_as_a_mean_of_per_dimension_ratios() -> None:
     expect_failure(ch06.check_explained_variance, per_dimension, hint_contains="not an average of per-dimension ratios")
 
 
+@pytest.mark.mistake
 def test_explained_variance_returning_the_unexplained_fraction() -> None:
     expect_failure(ch06.check_explained_variance, lambda x, r: fvu(x - r, x - x.mean(dim=0)), hint_contains="1 minus")
 
@@ -261,18 +297,28 @@ def test_explained_variance_returning_the_unexplained_fraction() -> None:
 # --- window_dead_fraction ------------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_window_dead_fraction_with_a_strict_comparison() -> None:
     message = expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps > window).float().mean(), hint_contains=">=, not >")
     assert "is 0.222222, expected 0.444444" in message
 
 
+@pytest.mark.mistake
 def test_window_dead_fraction_as_a_count() -> None:
     expect_failure(ch06.check_window_dead_fraction, lambda steps, window: (steps >= window).sum(), hint_contains="not their count")
+
+
+@pytest.mark.mistake
+def test_window_dead_fraction_with_the_notebooks_window_written_in() -> None:
+    written_in = lambda steps, window: (steps >= 100).float().mean()  # noqa: E731
+    message = expect_failure(ch06.check_window_dead_fraction, written_in, hint_contains="dead_window you are given")
+    assert "dead_window=42" in message
 
 
 # --- held_out_dead_fraction ----------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 @pytest.mark.parametrize(
     "mistake",
     [
@@ -289,6 +335,7 @@ def test_held_out_dead_fraction_mistakes(mistake) -> None:
     expect_failure(ch06.check_held_out_dead_fraction, mistake, hint_contains="EVERY input")
 
 
+@pytest.mark.bad_input
 def test_held_out_dead_fraction_rejects_nan() -> None:
     with pytest.raises(ValueError, match="NaN"):
         sae_lib.held_out_dead_fraction(torch.tensor([[0.0, float("nan")]]))
@@ -304,18 +351,22 @@ def cosines(learned, true, normalise=True):
     return true @ learned.T
 
 
+@pytest.mark.mistake
 def test_mmcs_without_normalising() -> None:
     expect_failure(ch06.check_mmcs, lambda learned, true: cosines(learned, true, normalise=False).max(dim=1).values.mean(), hint_contains="unit length")
 
 
+@pytest.mark.mistake
 def test_mmcs_with_absolute_cosines() -> None:
     expect_failure(ch06.check_mmcs, lambda learned, true: cosines(learned, true).abs().max(dim=1).values.mean(), hint_contains="no absolute value")
 
 
+@pytest.mark.mistake
 def test_mmcs_averaged_over_the_learned_directions() -> None:
     expect_failure(ch06.check_mmcs, lambda learned, true: cosines(learned, true).max(dim=0).values.mean(), hint_contains="each TRUE feature")
 
 
+@pytest.mark.mistake
 def test_mmcs_with_the_mean_instead_of_the_max() -> None:
     expect_failure(ch06.check_mmcs, lambda learned, true: cosines(learned, true).mean(), hint_contains="largest")
 
@@ -323,23 +374,27 @@ def test_mmcs_with_the_mean_instead_of_the_max() -> None:
 # --- loss_recovered ------------------------------------------------------------------------------
 
 
+@pytest.mark.mistake
 def test_loss_recovered_upside_down() -> None:
     upside_down = learner_loss_recovered(ratio=lambda clean, spliced, zero: (zero - clean) / (zero - spliced))
     message = expect_failure(ch06.check_loss_recovered, upside_down, hint_contains="(L_zero - L_sae) / (L_zero - L_clean)")
     assert "L_clean = 0.1078" in message
 
 
+@pytest.mark.mistake
 def test_loss_recovered_as_the_clean_loss_over_the_sae_loss() -> None:
     clean_over_spliced = learner_loss_recovered(ratio=lambda clean, spliced, zero: clean / spliced)
     expect_failure(ch06.check_loss_recovered, clean_over_spliced, hint_contains="L_zero")
 
 
+@pytest.mark.mistake
 def test_loss_recovered_without_flattening_for_the_sae() -> None:
     message = expect_failure(ch06.check_loss_recovered, learner_loss_recovered(flatten=False))
     assert "`loss_recovered` raised ValueError: the SAE reads activations of shape [n d_in], got shape (8, 15, 52)" in message
     assert "flatten else activation" in message  # the learner's own line, not the library's
 
 
+@pytest.mark.mistake
 def test_loss_recovered_splicing_in_the_latents() -> None:
     message = expect_failure(ch06.check_loss_recovered, learner_loss_recovered(splice_latents=True))
     assert "`loss_recovered` raised RuntimeError" in message

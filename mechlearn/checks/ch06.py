@@ -113,7 +113,13 @@ def check_sae_forward(sae_forward) -> None:
         sae, x = _sae(kind, seed=2), _activations(seed=1)
         with torch.no_grad():
             expected_reconstruction, expected_latents = sae(x)
-        reconstruction, latents = _pair(call_learner(sae_forward, sae, x.clone()))
+        given = x.clone()
+        reconstruction, latents = _pair(call_learner(sae_forward, sae, given))
+        expect(
+            torch.equal(given, x),
+            "sae_forward changed the activations x it was given",
+            hint="compute `x - sae.b_dec` as a new tensor rather than with `x -= sae.b_dec`: the caller still needs x.",
+        )
         if kind == "topk":
             _expect_top_k(latents.detach())
         expect_tensor(latents, expected_latents, what=f"the {kind} SAE's latents", hint=LATENTS_HINTS[kind])
@@ -197,15 +203,16 @@ def check_explained_variance(explained_variance) -> None:
 
 @check
 def check_window_dead_fraction(window_dead_fraction) -> None:
-    """Latents at, just below and just above the window."""
+    """Latents at, just below and just above the window, for two windows (the notebook's 100 and another)."""
     steps_since_fired = torch.tensor([0, 5, 99, 100, 101, 250, 100, 3, 42])
-    _expect_number(
-        call_learner(window_dead_fraction, steps_since_fired.clone(), 100),
-        sae_lib.window_dead_fraction(steps_since_fired, 100),
-        what=f"the dead fraction of steps_since_fired={steps_since_fired.tolist()} with dead_window=100",
-        hint="a latent is dead once its steps_since_fired REACHES dead_window (>=, not >); return the fraction "
-        "of latents that are dead, not their count.",
-    )
+    for dead_window in (100, 42):
+        _expect_number(
+            call_learner(window_dead_fraction, steps_since_fired.clone(), dead_window),
+            sae_lib.window_dead_fraction(steps_since_fired, dead_window),
+            what=f"the dead fraction of steps_since_fired={steps_since_fired.tolist()} with dead_window={dead_window}",
+            hint="a latent is dead once its steps_since_fired REACHES dead_window (>=, not >; compare with the "
+            "dead_window you are given); return the fraction of latents that are dead, not their count.",
+        )
 
 
 @check
