@@ -126,12 +126,10 @@ def _forward_checking_tokens(self: TransformerBridge, input: Any, *args: Any, **
     return type(self).forward(self, input, *args, **kwargs)
 
 
-def vocab_and_context(model: torch.nn.Module) -> tuple[int, int]:
-    """`(d_vocab, n_ctx)` of a toy bridge, a pretrained bridge or a from-scratch `Transformer`."""
+def vocab_and_context(model: torch.nn.Module) -> tuple[int | None, int | None]:
+    """`(d_vocab, n_ctx)` of a toy bridge, a pretrained bridge or a from-scratch `Transformer`; `None`s when unknown."""
     config = getattr(model, "mechlearn_config", None) or getattr(model, "cfg", None) or getattr(model, "config", None)
-    if config is None:
-        raise TypeError(f"model must be a transformer from mechlearn or TransformerLens, got {type(model).__name__}.")
-    return config.d_vocab, config.n_ctx
+    return getattr(config, "d_vocab", None), getattr(config, "n_ctx", None)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

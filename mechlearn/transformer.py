@@ -18,6 +18,14 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import ModelConfig
+from mechlearn.validation import check_tensor, check_token_ids, describe
+
+
+def _check_vector(x: Tensor, name: str, ndim: int, d_model: int) -> None:
+    """`x` is a float tensor of `ndim` dims whose last axis is the `d_model` the weights expect."""
+    check_tensor(x, name, ndim, floating=True)
+    if x.shape[-1] != d_model:
+        raise ValueError(f"{name} must end in d_model={d_model} (from the weights), got {describe(x)}.")
 
 
 def layer_norm(
@@ -27,6 +35,13 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Centre each residual vector, scale it to unit variance, then apply `w` and `b`."""
+    check_tensor(x, "x", (1, 2, 3, 4), floating=True)
+    for name, param in (("w", w), ("b", b)):
+        check_tensor(param, name, 1, floating=True)
+        if param.shape[0] != x.shape[-1]:
+            raise ValueError(f"{name} must have x's last dim {x.shape[-1]} entries, got {describe(param)}.")
+    if not 0 < eps < math.inf:
+        raise ValueError(f"eps must be a small positive number (it keeps the scale away from zero), got {eps!r}.")
     centred = x - x.mean(dim=-1, keepdim=True)
     scale = (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
     return centred / scale * w + b
@@ -34,11 +49,13 @@ def layer_norm(
 
 def embed(tokens: Int[Tensor, "batch pos"], W_E: Float[Tensor, "d_vocab d_model"]) -> Float[Tensor, "batch pos d_model"]:
     """Look up each token's row of the embedding matrix."""
+    check_token_ids(tokens, "tokens", W_E.shape[0])
     return W_E[tokens]
 
 
 def pos_embed(tokens: Int[Tensor, "batch pos"], W_pos: Float[Tensor, "n_ctx d_model"]) -> Float[Tensor, "batch pos d_model"]:
     """The learned vector of each position, repeated over the batch."""
+    check_token_ids(tokens, "tokens", None, W_pos.shape[0])
     batch, seq_len = tokens.shape
     return einops.repeat(W_pos[:seq_len], "pos d_model -> batch pos d_model", batch=batch)
 
@@ -51,6 +68,7 @@ def attention_scores(
     b_K: Float[Tensor, "n_heads d_head"],
 ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
     """Query-key dot products of every head, divided by sqrt(d_head)."""
+    _check_vector(x, "x", 3, W_Q.shape[1])
     q = einops.einsum(x, W_Q, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_Q
     k = einops.einsum(x, W_K, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_K
     scores = einops.einsum(q, k, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos")
@@ -59,6 +77,7 @@ def attention_scores(
 
 def apply_causal_mask(scores: Float[Tensor, "batch n_heads query_pos key_pos"]) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
     """Set the score of every key after its query to -inf, so softmax gives it zero weight."""
+    check_tensor(scores, "scores", 4, floating=True)
     n_query, n_key = scores.shape[-2:]
     future = torch.triu(torch.ones(n_query, n_key, dtype=torch.bool, device=scores.device), diagonal=1)
     return scores.masked_fill(future, float("-inf"))
@@ -76,6 +95,7 @@ def attention(
     b_O: Float[Tensor, "d_model"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Causal multi-head self-attention: scores, mask, pattern, weighted values z, output."""
+    _check_vector(x, "x", 3, W_Q.shape[1])
     pattern = apply_causal_mask(attention_scores(x, W_Q, b_Q, W_K, b_K)).softmax(dim=-1)
     v = einops.einsum(x, W_V, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_V
     z = einops.einsum(pattern, v, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head")
@@ -90,6 +110,7 @@ def mlp(
     b_out: Float[Tensor, "d_model"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Up-project, GELU, down-project: the same function at every position."""
+    _check_vector(x, "x", 3, W_in.shape[0])
     hidden = F.gelu(einops.einsum(x, W_in, "batch pos d_model, d_model d_mlp -> batch pos d_mlp") + b_in)
     return einops.einsum(hidden, W_out, "batch pos d_mlp, d_mlp d_model -> batch pos d_model") + b_out
 
@@ -98,6 +119,7 @@ def unembed(
     x: Float[Tensor, "batch pos d_model"], W_U: Float[Tensor, "d_model d_vocab"], b_U: Float[Tensor, "d_vocab"]
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Map the final residual stream to one logit per vocabulary item."""
+    _check_vector(x, "x", 3, W_U.shape[0])
     return einops.einsum(x, W_U, "batch pos d_model, d_model d_vocab -> batch pos d_vocab") + b_U
 
 
@@ -121,6 +143,7 @@ class TransformerBlock(nn.Module):
             self.b_out = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        _check_vector(resid_pre, "resid_pre", 3, self.ln1_w.shape[0])
         normed = layer_norm(resid_pre, self.ln1_w, self.ln1_b)
         resid_mid = resid_pre + attention(normed, self.W_Q, self.b_Q, self.W_K, self.b_K, self.W_V, self.b_V, self.W_O, self.b_O)
         if not self.has_mlp:
@@ -153,30 +176,50 @@ class Transformer(nn.Module):
         return unembed(layer_norm(resid, self.ln_final_w, self.ln_final_b), self.W_U, self.b_U)
 
 
+def _copy(target: nn.Parameter, source: Tensor, name: str) -> None:
+    """Copy one weight, refusing a shape mismatch that `copy_` would broadcast or report without the name."""
+    if target.shape != source.shape:
+        raise ValueError(
+            f"The bridge's {name} has shape {tuple(source.shape)} but yours has {tuple(target.shape)}; build yours with the bridge's config."
+        )
+    target.copy_(source)
+
+
 @torch.no_grad()
 def load_block_weights_from(block: TransformerBlock, source: nn.Module) -> TransformerBlock:
     """Copy one `TransformerBridge` block (`bridge.blocks[l]`) into a from-scratch block."""
-    block.ln1_w.copy_(source.ln1.w)
-    block.ln1_b.copy_(source.ln1.b)
+    if block.has_mlp != hasattr(source, "mlp"):
+        raise ValueError(
+            f"block {'has' if block.has_mlp else 'has no'} MLP but the source block {'has none' if block.has_mlp else 'has one'}; "
+            "build it with the bridge's config."
+        )
+    _copy(block.ln1_w, source.ln1.w, "ln1.w")
+    _copy(block.ln1_b, source.ln1.b, "ln1.b")
     for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O"):
-        getattr(block, name).copy_(getattr(source.attn, name))
+        _copy(getattr(block, name), getattr(source.attn, name), name)
     if block.has_mlp:
-        block.ln2_w.copy_(source.ln2.w)
-        block.ln2_b.copy_(source.ln2.b)
+        _copy(block.ln2_w, source.ln2.w, "ln2.w")
+        _copy(block.ln2_b, source.ln2.b, "ln2.b")
         for name in ("W_in", "b_in", "W_out", "b_out"):
-            getattr(block, name).copy_(getattr(source.mlp, name))
+            _copy(getattr(block, name), getattr(source.mlp, name), name)
     return block
 
 
 @torch.no_grad()
 def load_weights_from(model: Transformer, bridge: TransformerBridge) -> Transformer:
     """Copy a `TransformerBridge`'s weights into a from-scratch `Transformer` of the same shape."""
-    model.W_E.copy_(bridge.W_E)
-    model.W_pos.copy_(bridge.W_pos)
-    for block, source in zip(model.blocks, bridge.blocks, strict=True):
+    if not isinstance(bridge, TransformerBridge):
+        raise TypeError(f"bridge must be a TransformerBridge, got {type(bridge).__name__}.")
+    if len(model.blocks) != len(bridge.blocks):
+        raise ValueError(
+            f"model has {len(model.blocks)} blocks but the bridge has {len(bridge.blocks)}; build it with the bridge's config."
+        )
+    _copy(model.W_E, bridge.W_E, "W_E")
+    _copy(model.W_pos, bridge.W_pos, "W_pos")
+    for block, source in zip(model.blocks, bridge.blocks):
         load_block_weights_from(block, source)
-    model.ln_final_w.copy_(bridge.ln_final.w)
-    model.ln_final_b.copy_(bridge.ln_final.b)
-    model.W_U.copy_(bridge.W_U)
-    model.b_U.copy_(bridge.b_U)
+    _copy(model.ln_final_w, bridge.ln_final.w, "ln_final.w")
+    _copy(model.ln_final_b, bridge.ln_final.b, "ln_final.b")
+    _copy(model.W_U, bridge.W_U, "W_U")
+    _copy(model.b_U, bridge.b_U, "b_U")
     return model

@@ -46,14 +46,16 @@ def check_finite(value: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf; find where it was produced.")
 
 
-def check_token_ids(tokens: object, name: str, d_vocab: int, n_ctx: int | None = None, ndim: int | tuple[int, ...] = 2) -> Tensor:
+def check_token_ids(
+    tokens: object, name: str, d_vocab: int | None, n_ctx: int | None = None, ndim: int | tuple[int, ...] = 2
+) -> Tensor:
     """Token ids a model with `d_vocab` and `n_ctx` can read: integers in [0, d_vocab), at most n_ctx per sequence."""
     check_tensor(tokens, name, ndim, floating=False)
     if tokens.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor of token ids, got {describe(tokens)}.")
     if n_ctx is not None and tokens.shape[-1] > n_ctx:
         raise ValueError(f"{name} has {tokens.shape[-1]} positions, more than the model's n_ctx={n_ctx}; shorten it.")
-    if ((tokens < 0) | (tokens >= d_vocab)).any():
+    if d_vocab is not None and ((tokens < 0) | (tokens >= d_vocab)).any():
         raise ValueError(
             f"{name} must hold token ids in [0, {d_vocab}), got values from {int(tokens.min())} to {int(tokens.max())}."
         )
