@@ -382,7 +382,7 @@ def test_replay_rejects_bad_tokens() -> None:
         broken[3, 5] = bad
         with pytest.raises(ValueError, match="tokens must lie in"):
             TASK.replay(broken)
-    with pytest.raises(ValueError, match="tokens must be"):
+    with pytest.raises(TypeError, match="tokens must be"):
         TASK.replay(tokens.float())
     ended = torch.nonzero(game_lengths(sample()) < TASK.max_moves)[0, 0]
     game = sample()[ended : ended + 1].clone()
