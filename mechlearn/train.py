@@ -106,9 +106,9 @@ def _check_next_token_args(logits: Tensor, tokens: Tensor, target_mask: Tensor |
     if target_mask is None:
         return
     predictions = (tokens.shape[0], tokens.shape[1] - 1)
-    check_tensor(target_mask, "target_mask", (1, 2), floating=False)
-    if target_mask.dtype != torch.bool:
+    if not isinstance(target_mask, Tensor) or target_mask.dtype != torch.bool:
         raise TypeError(f"target_mask must be a bool tensor, got {describe(target_mask)}.")
+    check_tensor(target_mask, "target_mask", (1, 2), floating=False)
     if target_mask.shape not in (predictions[1:], predictions):
         raise ValueError(f"target_mask must have shape {predictions[1:]} or {predictions} (one entry per prediction), got {describe(target_mask)}.")
     if not target_mask.any():

@@ -35,8 +35,7 @@ def check_tensor(value: object, name: str, ndim: int | tuple[int, ...], floating
     if value.numel() == 0:
         raise ValueError(f"{name} is empty ({describe(value)}); pass at least one element along every dim.")
     if value.is_floating_point() != floating:
-        wanted = "a float tensor" if floating else "an integer tensor (token ids are torch.long)"
-        raise TypeError(f"{name} must be {wanted}, got {describe(value)}.")
+        raise TypeError(f"{name} must be {'a float' if floating else 'an integer'} tensor, got {describe(value)}.")
     return value
 
 
