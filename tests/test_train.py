@@ -327,3 +327,19 @@ def nan_weight_model():
 def test_train_names_bad_inputs_before_the_first_step(make, kwargs, error, match: str) -> None:
     with raises_one_sentence(error, match):
         train(make(), TASK, progress=False, **kwargs)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: SortingTask(n_digits=10.0), ValueError, "SortingTask.n_digits must be an int, got 10.0"),
+        (lambda: TASK.sample(0, torch.Generator()), ValueError, "batch_size must be a positive int, got 0"),
+        pytest.param(lambda: TASK.sample(2, torch.Generator(device="cuda")), ValueError, "generator must be a CPU generator",
+                     marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA generator")),
+    ],
+    ids=["float-n-digits", "zero-batch", "cuda-generator"],
+)
+def test_sorting_task_names_bad_inputs(call, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        call()
