@@ -154,13 +154,13 @@ def save_model(model: TransformerBridge, path: str | Path, card: dict[str, Any] 
     config = getattr(model, "mechlearn_config", None)
     if config is None:
         raise ValueError("save_model needs a model made by mechlearn.models.make_model (it has no ModelConfig).")
+    path = _as_path(path).with_suffix("")
     if card is not None and not isinstance(card, dict):
         raise TypeError(f"card must be a dict of notes, got {type(card).__name__}.")
     if card and {"config", "sha256"} & set(card):
         raise ValueError(f"card must not set {sorted({'config', 'sha256'} & set(card))}: save_model writes those from the weights.")
     for name, weight in model.state_dict().items():
         check_finite(weight, f"The model's weight {name}")
-    path = Path(path).with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = path.with_suffix(".safetensors")
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -171,9 +171,15 @@ def save_model(model: TransformerBridge, path: str | Path, card: dict[str, Any] 
     return card_path
 
 
+def _as_path(path: object) -> Path:
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}.")
+    return Path(path)
+
+
 def read_card(path: str | Path) -> dict[str, Any]:
     """The JSON card saved next to a checkpoint."""
-    card_path = Path(path).with_suffix(".json")
+    card_path = _as_path(path).with_suffix(".json")
     if not card_path.is_file():
         raise CheckpointError(f"No model card at {card_path}: save the model with mechlearn.models.save_model.")
     try:
@@ -184,7 +190,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> TransformerBridge:
     """Load a checkpoint written by `save_model`, after checking its sha256 against the card."""
-    path = Path(path).with_suffix("")
+    path = _as_path(path).with_suffix("")
     card = read_card(path)
     weights_path = path.with_suffix(".safetensors")
     if not weights_path.is_file():

@@ -21,11 +21,19 @@ from mechlearn.models import ModelConfig
 from mechlearn.validation import check_tensor, check_token_ids, describe
 
 
-def _check_vector(x: Tensor, name: str, ndim: int, d_model: int) -> None:
-    """`x` is a float tensor of `ndim` dims whose last axis is the `d_model` the weights expect."""
-    check_tensor(x, name, ndim, floating=True)
+def _residual(x: Tensor, name: str, weight: Tensor, d_model_dim: int) -> Float[Tensor, "batch pos d_model"]:
+    """`x` checked against `weight` (its `d_model` on axis `d_model_dim`) and cast to its dtype: einsum
+    refuses to mix float64 activations with float32 weights."""
+    check_tensor(x, name, 3, floating=True)
+    d_model = weight.shape[d_model_dim]
     if x.shape[-1] != d_model:
         raise ValueError(f"{name} must end in d_model={d_model} (from the weights), got {describe(x)}.")
+    return x.to(weight.dtype)
+
+
+def _check_config(config: object) -> None:
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a mechlearn.models.ModelConfig, got {type(config).__name__}.")
 
 
 def layer_norm(
@@ -68,7 +76,7 @@ def attention_scores(
     b_K: Float[Tensor, "n_heads d_head"],
 ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
     """Query-key dot products of every head, divided by sqrt(d_head)."""
-    _check_vector(x, "x", 3, W_Q.shape[1])
+    x = _residual(x, "x", W_Q, 1)
     q = einops.einsum(x, W_Q, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_Q
     k = einops.einsum(x, W_K, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_K
     scores = einops.einsum(q, k, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos")
@@ -95,7 +103,7 @@ def attention(
     b_O: Float[Tensor, "d_model"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Causal multi-head self-attention: scores, mask, pattern, weighted values z, output."""
-    _check_vector(x, "x", 3, W_Q.shape[1])
+    x = _residual(x, "x", W_Q, 1)
     pattern = apply_causal_mask(attention_scores(x, W_Q, b_Q, W_K, b_K)).softmax(dim=-1)
     v = einops.einsum(x, W_V, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_V
     z = einops.einsum(pattern, v, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head")
@@ -110,7 +118,7 @@ def mlp(
     b_out: Float[Tensor, "d_model"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Up-project, GELU, down-project: the same function at every position."""
-    _check_vector(x, "x", 3, W_in.shape[0])
+    x = _residual(x, "x", W_in, 0)
     hidden = F.gelu(einops.einsum(x, W_in, "batch pos d_model, d_model d_mlp -> batch pos d_mlp") + b_in)
     return einops.einsum(hidden, W_out, "batch pos d_mlp, d_mlp d_model -> batch pos d_model") + b_out
 
@@ -119,7 +127,7 @@ def unembed(
     x: Float[Tensor, "batch pos d_model"], W_U: Float[Tensor, "d_model d_vocab"], b_U: Float[Tensor, "d_vocab"]
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Map the final residual stream to one logit per vocabulary item."""
-    _check_vector(x, "x", 3, W_U.shape[0])
+    x = _residual(x, "x", W_U, 0)
     return einops.einsum(x, W_U, "batch pos d_model, d_model d_vocab -> batch pos d_vocab") + b_U
 
 
@@ -128,6 +136,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        _check_config(config)
         n_heads, d_model, d_head = config.n_heads, config.d_model, config.d_head
         self.ln1_w, self.ln1_b = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.zeros(d_model))
         self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model)) for _ in range(3))
@@ -143,7 +152,7 @@ class TransformerBlock(nn.Module):
             self.b_out = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        _check_vector(resid_pre, "resid_pre", 3, self.ln1_w.shape[0])
+        resid_pre = _residual(resid_pre, "resid_pre", self.ln1_w, 0)
         normed = layer_norm(resid_pre, self.ln1_w, self.ln1_b)
         resid_mid = resid_pre + attention(normed, self.W_Q, self.b_Q, self.W_K, self.b_K, self.W_V, self.b_V, self.W_O, self.b_O)
         if not self.has_mlp:
@@ -156,6 +165,7 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        _check_config(config)
         if (config.act_fn, config.normalization_type) != ("gelu", "LN"):
             raise ValueError(
                 f"This from-scratch Transformer implements GELU and LayerNorm only; the config asks for "

@@ -329,3 +329,10 @@ def test_load_model_refuses_nan_weights(saved, tmp_path: Path) -> None:
     (tmp_path / "nan.json").write_text(json.dumps({"config": tiny_config(seed=5).to_dict(), "sha256": sha256_of(weights_path)}))
     with raises_one_sentence(CheckpointError, "holds NaN or inf weights"):
         load_model(weights_path)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("function", [read_card, load_model])
+def test_checkpoint_functions_name_a_path_that_is_not_one(function) -> None:
+    with raises_one_sentence(TypeError, "path must be a str or Path, got int"):
+        function(3)

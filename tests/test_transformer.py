@@ -194,9 +194,12 @@ ATTN = (BLOCK.W_Q, BLOCK.b_Q, BLOCK.W_K, BLOCK.b_K)
         (lambda: BLOCK(torch.randn(2, 3, 5)), ValueError, "resid_pre must end in d_model=6"),
         (lambda: Transformer(SMALL)(torch.zeros(1, 5, dtype=torch.long)), ValueError, "tokens has 5 positions, more than the model's n_ctx=4"),
         (lambda: Transformer(SMALL)(torch.tensor([[0, 5]])), ValueError, r"tokens must hold token ids in \[0, 5\)"),
+        (lambda: Transformer(SMALL.to_dict()), TypeError, "config must be a mechlearn.models.ModelConfig, got dict"),
+        (lambda: TransformerBlock(None), TypeError, "config must be a mechlearn.models.ModelConfig, got NoneType"),
     ],
     ids=["ln-int-x", "ln-w-length", "ln-b-dims", "ln-eps", "ln-empty", "embed-vocab", "embed-float", "pos-embed-long", "scores-d-model",
-         "attention-dims", "mask-dims", "mlp-int", "unembed-d-model", "block-d-model", "transformer-long", "transformer-vocab"],
+         "attention-dims", "mask-dims", "mlp-int", "unembed-d-model", "block-d-model", "transformer-long", "transformer-vocab",
+         "transformer-config", "block-config"],
 )
 def test_functions_name_bad_inputs(call, error, match: str) -> None:
     with raises_one_sentence(error, match):
@@ -218,3 +221,8 @@ def test_load_weights_from_names_a_model_of_another_shape(ours, bridge, error, m
     source = make_model(bridge) if bridge else Transformer(SMALL)
     with raises_one_sentence(error, match):
         load_weights_from(Transformer(ours), source)
+
+
+def test_float64_activations_are_cast_to_the_weights_dtype() -> None:
+    resid = torch.randn(2, 3, SMALL.d_model, dtype=torch.float64)
+    torch.testing.assert_close(BLOCK(resid), BLOCK(resid.float()))

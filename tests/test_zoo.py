@@ -311,8 +311,9 @@ def test_a_zoo_model_names_tokens_it_cannot_read(shipped_model, tokens, match: s
         (lambda: zoo.load(SHIPPED, directory=3), TypeError, "directory must be a folder path or None, got int"),
         (lambda: zoo.load(SHIPPED, device="cuad"), ValueError, "device='cuad' is not a device torch knows"),
         (lambda: zoo.held_out_metrics(torch.nn.Linear(1, 1), TINY_TASK, n_sequences=0), ValueError, "n_sequences must be a positive int, got 0"),
+        (lambda: zoo.held_out_labelled(zoo.INDUCTION_TASK, n_sequences=-5), ValueError, "n_sequences must be a positive int, got -5"),
     ],
-    ids=["int-name", "list-name", "int-directory", "unknown-device", "zero-sequences"],
+    ids=["int-name", "list-name", "int-directory", "unknown-device", "zero-sequences", "negative-labelled"],
 )
 def test_zoo_names_bad_arguments(call, error, match: str) -> None:
     with raises_one_sentence(error, match):

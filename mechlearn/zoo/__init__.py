@@ -75,6 +75,7 @@ INDUCTION_SCORE_TARGET = 0.8  # the score the chapter asserts, and the one whose
 
 def held_out_labelled(task: InductionTask | FixedOffsetRepeatTask, n_sequences: int = 1000) -> LabelledTokens:
     """Labelled sequences drawn with the held-out seed: the batch the chapter-03 cards are measured on."""
+    check_positive_int(n_sequences, "n_sequences")
     return task.sample_labelled(n_sequences, torch.Generator().manual_seed(HELD_OUT_SEED))
 
 
