@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import ModelConfig, make_model
-from mechlearn.validation import check_finite, check_positive_int, check_tensor, describe, is_int
+from mechlearn.validation import check_finite, check_positive_int, check_tensor, describe, is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def induction_circuit_model(
         check_positive_int(value, name)
     if not (is_int(previous_token_head) and is_int(induction_head)):
         raise TypeError(f"previous_token_head and induction_head must be ints, got {previous_token_head!r} and {induction_head!r}.")
-    if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not 0 < sharpness < math.inf:
+    if not (is_number(sharpness) and 0 < sharpness < math.inf):
         raise ValueError(f"sharpness must be a positive finite number (the attention logit gap), got {sharpness!r}.")
     if not (0 <= previous_token_head < n_heads and 0 <= induction_head < n_heads):
         raise ValueError(f"previous_token_head and induction_head must be in [0, {n_heads}), got {previous_token_head} and {induction_head}.")

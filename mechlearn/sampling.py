@@ -10,11 +10,11 @@ from torch import Tensor
 
 from mechlearn.device import generator_for
 from mechlearn.models import model_device, vocab_and_context
-from mechlearn.validation import check_tensor, check_token_ids, is_int
+from mechlearn.validation import check_tensor, check_token_ids, is_int, is_number
 
 
 def _check_temperature(temperature: object) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+    if not (is_number(temperature) and 0 <= temperature < math.inf):
         raise ValueError(f"temperature must be >= 0 and finite (0 is greedy), got {temperature!r}.")
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mechlearn.models import model_device, vocab_and_context
 from mechlearn.tasks import Task
-from mechlearn.validation import check_finite, check_positive_int, check_same_device, check_tensor, check_token_ids, describe, is_int
+from mechlearn.validation import check_finite, check_positive_int, check_same_device, check_tensor, check_token_ids, describe, is_int, is_number
 
 EvalFn = Callable[[torch.nn.Module, Int[Tensor, "batch pos"]], dict[str, float]]
 
@@ -42,14 +42,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}.")
         if not is_int(self.seed):
             raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}.")
-        for name, low_ok in (("lr", False), ("weight_decay", True), ("grad_clip", False)):
+        for name, zero_ok in (("lr", False), ("weight_decay", True), ("grad_clip", False)):
             value = getattr(self, name)
-            if not _is_number(value) or not (0 <= value if low_ok else 0 < value) or value == math.inf:
-                raise ValueError(f"TrainConfig.{name} must be a {'non-negative' if low_ok else 'positive'} finite number, got {value!r}.")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (is_number(value) and (0 < value < math.inf or (zero_ok and value == 0))):
+                kind = "non-negative" if zero_ok else "positive"
+                raise ValueError(f"TrainConfig.{name} must be a {kind} finite number, got {value!r}.")
 
 
 def next_token_loss(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -14,6 +16,11 @@ def describe(value: object) -> str:
 def is_int(value: object) -> bool:
     """An int and not a bool (which Python counts as an int)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A real number (NumPy's included) and not a bool: what a rate, a temperature or a fraction may be."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_positive_int(value: object, name: str) -> None:

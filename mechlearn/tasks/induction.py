@@ -28,6 +28,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from mechlearn.tasks.base import check_int_fields, check_sample_args
+from mechlearn.validation import is_number
 
 
 class LabelledTokens(NamedTuple):
@@ -69,7 +70,7 @@ class InductionTask:
 
     def __post_init__(self) -> None:
         check_int_fields(self, "n_tokens", "n_ctx", "n_repeats", "min_repeat_len", "max_repeat_len", "branching", "chain_seed")
-        if isinstance(self.bigram_fraction, bool) or not isinstance(self.bigram_fraction, (int, float)):
+        if not is_number(self.bigram_fraction):
             raise ValueError(f"InductionTask.bigram_fraction must be a number in [0, 1), got {self.bigram_fraction!r}.")
         if self.n_tokens < 2:
             raise ValueError(f"InductionTask.n_tokens must be at least 2, got {self.n_tokens}.")
