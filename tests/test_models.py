@@ -238,6 +238,13 @@ def test_bridge_names_bad_tokens(tiny_model, run: str, bad, error, match: str) -
         call(bad)
 
 
+@pytest.mark.bad_input
+def test_bridge_names_tokens_on_another_device() -> None:
+    model = make_model(tiny_config()).to("meta")  # a second device every machine has
+    with raises_one_sentence(ValueError, "tokens is on cpu but the model is on meta"):
+        model(tokens())
+
+
 def test_bridge_still_reads_one_sequence_and_embeddings(tiny_model) -> None:
     assert tiny_model(torch.tensor([0, 1, 2])).shape == (1, 3, TINY["d_vocab"])
     embeddings = tiny_model.embed(tokens()) + tiny_model.pos_embed(tokens())
