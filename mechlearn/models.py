@@ -195,7 +195,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Tr
     weights_path = path.with_suffix(".safetensors")
     if not weights_path.is_file():
         raise CheckpointError(f"The weights file {weights_path} is missing; rebuild the checkpoint.")
-    if sha256_of(weights_path) != card.get("sha256"):
+    if "sha256" not in card:
+        raise CheckpointError(f"The card {path.with_suffix('.json')} has no sha256 field to check the weights against; rebuild the checkpoint.")
+    if sha256_of(weights_path) != card["sha256"]:
         raise CheckpointError(
             f"{weights_path} does not match the sha256 on its card (the file is corrupted or was "
             "changed); rebuild it."

@@ -313,11 +313,12 @@ def rewrite_card(card_path: Path, **changes) -> None:
     "changes, match",
     [
         ({"config": None}, "has no config field"),
+        ({"sha256": None}, "has no sha256 field"),
         ({"config": {**tiny_config(seed=5).to_dict(), "d_model": 16}}, "do not have the shapes its card's config gives"),
         ({"config": {**tiny_config(seed=5).to_dict(), "d_model": 0}}, r"has a bad config \(ModelConfig\.d_model must be a positive int"),
         ({"config": {**tiny_config(seed=5).to_dict(), "d_modle": 8}}, "has a bad config .Unknown ModelConfig fields"),
     ],
-    ids=["no-config", "config-disagrees-with-weights", "invalid-config", "unknown-field"],
+    ids=["no-config", "no-sha256", "config-disagrees-with-weights", "invalid-config", "unknown-field"],
 )
 def test_load_model_names_a_card_that_disagrees(saved, changes, match: str) -> None:
     _, card_path = saved
