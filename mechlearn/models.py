@@ -287,6 +287,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None, **kwarg
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"load_pretrained: name must be a non-empty str, got {name!r}.")
+    device = None if device is None else available_device(device)  # before any download
     folder = Path(name).expanduser()
     if folder.exists() or _looks_like_path(name):
         # A local folder: check it up front, since transformers would try the hub with it

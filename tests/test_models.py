@@ -11,7 +11,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from bad_inputs import raises_one_sentence
 
-from mechlearn.models import CheckpointError, ModelConfig, load_model, make_model, model_device, read_card, save_model, sha256_of
+from mechlearn.models import CheckpointError, ModelConfig, load_model, load_pretrained, make_model, model_device, read_card, save_model, sha256_of
 
 TINY = dict(d_vocab=7, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_head=4)
 
@@ -264,6 +264,12 @@ def test_bridge_still_reads_one_sequence_and_embeddings(tiny_model) -> None:
 def test_make_model_names_a_bad_device(device, error, match: str) -> None:
     with raises_one_sentence(error, match):
         make_model(tiny_config(), device=device)
+
+
+@pytest.mark.bad_input
+def test_load_pretrained_names_a_bad_device_before_any_download() -> None:
+    with raises_one_sentence(ValueError, "device='cuad' is not a device torch knows"):
+        load_pretrained("gpt2", device="cuad")
 
 
 @pytest.mark.bad_input
