@@ -18,7 +18,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import ModelConfig
-from mechlearn.validation import check_tensor, check_token_ids, describe
+from mechlearn.validation import check_tensor, check_token_ids, describe, is_number
 
 
 def _residual(x: Tensor, name: str, weight: Tensor, d_model_dim: int) -> Float[Tensor, "batch pos d_model"]:
@@ -48,7 +48,7 @@ def layer_norm(
         check_tensor(param, name, 1, floating=True)
         if param.shape[0] != x.shape[-1]:
             raise ValueError(f"{name} must have x's last dim {x.shape[-1]} entries, got {describe(param)}.")
-    if not 0 < eps < math.inf:
+    if not (is_number(eps) and 0 < eps < math.inf):
         raise ValueError(f"eps must be a small positive number (it keeps the scale away from zero), got {eps!r}.")
     centred = x - x.mean(dim=-1, keepdim=True)
     scale = (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()

@@ -182,6 +182,7 @@ ATTN = (BLOCK.W_Q, BLOCK.b_Q, BLOCK.W_K, BLOCK.b_K)
         (lambda: layer_norm(X, torch.ones(5), ZEROS), ValueError, "w must have x's last dim 6 entries"),
         (lambda: layer_norm(X, ONES, torch.zeros(6, 1)), ValueError, "b must have 1 dims"),
         (lambda: layer_norm(X, ONES, ZEROS, eps=0.0), ValueError, "eps must be a small positive number"),
+        (lambda: layer_norm(X, ONES, ZEROS, eps="1e-5"), ValueError, "eps must be a small positive number"),
         (lambda: layer_norm(torch.randn(0, 6), ONES, ZEROS), ValueError, "x is empty"),
         (lambda: embed(torch.tensor([[0, 5]]), BLOCK.W_Q[0].T), ValueError, r"tokens must hold token ids in \[0, 3\)"),
         (lambda: embed(torch.tensor([[0.0, 1.0]]), torch.randn(5, 6)), TypeError, "tokens must be an integer tensor"),
@@ -197,7 +198,7 @@ ATTN = (BLOCK.W_Q, BLOCK.b_Q, BLOCK.W_K, BLOCK.b_K)
         (lambda: Transformer(SMALL.to_dict()), TypeError, "config must be a mechlearn.models.ModelConfig, got dict"),
         (lambda: TransformerBlock(None), TypeError, "config must be a mechlearn.models.ModelConfig, got NoneType"),
     ],
-    ids=["ln-int-x", "ln-w-length", "ln-b-dims", "ln-eps", "ln-empty", "embed-vocab", "embed-float", "pos-embed-long", "scores-d-model",
+    ids=["ln-int-x", "ln-w-length", "ln-b-dims", "ln-eps", "ln-str-eps", "ln-empty", "embed-vocab", "embed-float", "pos-embed-long", "scores-d-model",
          "attention-dims", "mask-dims", "mlp-int", "unembed-d-model", "block-d-model", "transformer-long", "transformer-vocab",
          "transformer-config", "block-config"],
 )
