@@ -42,17 +42,24 @@ def _has_mps() -> bool:
 
 def _available_device(name: str) -> torch.device:
     """`MECHLEARN_DEVICE` as a torch device, refused in one sentence if it is not a device or not on this machine."""
+    return available_device(name, "MECHLEARN_DEVICE", "unset it to let mechlearn choose")
+
+
+def available_device(value: str | torch.device, name: str = "device", fix: str = "pass mechlearn.device.device() instead") -> torch.device:
+    """`value` as a torch device on this machine, else one sentence naming `name` (`device="cuad"`, CUDA on a laptop)."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device, got {type(value).__name__}.")
     try:
-        chosen = torch.device(name)
+        chosen = torch.device(value)
     except RuntimeError:
-        raise ValueError(f"MECHLEARN_DEVICE={name!r} is not a device torch knows; use cpu, cuda, cuda:1 or mps.") from None
+        raise ValueError(f"{name}={value!r} is not a device torch knows; use cpu, cuda, cuda:1 or mps.") from None
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available() and (chosen.index or 0) < torch.cuda.device_count(),
         "mps": _has_mps(),
     }
     if not available.get(chosen.type, False):
-        raise ValueError(f"MECHLEARN_DEVICE={name!r}, but this machine has no such device; unset it to let mechlearn choose.")
+        raise ValueError(f"{name}={value!r}, but this machine has no such device; {fix}.")
     return chosen
 
 

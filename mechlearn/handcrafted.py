@@ -17,6 +17,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import ModelConfig, make_model
+from mechlearn.validation import check_finite, check_positive_int, check_tensor, describe, is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ def induction_circuit_model(
     PREVIOUS equals it, and copies the token found there into OUTPUT, which the
     unembedding reads. All other heads have zero weights.
     """
+    for name, value in (("d_vocab", d_vocab), ("n_ctx", n_ctx), ("n_heads", n_heads)):
+        check_positive_int(value, name)
+    if not (is_int(previous_token_head) and is_int(induction_head)):
+        raise TypeError(f"previous_token_head and induction_head must be ints, got {previous_token_head!r} and {induction_head!r}.")
+    if not (is_number(sharpness) and 0 < sharpness < math.inf):
+        raise ValueError(f"sharpness must be a positive finite number (the attention logit gap), got {sharpness!r}.")
     if not (0 <= previous_token_head < n_heads and 0 <= induction_head < n_heads):
         raise ValueError(f"previous_token_head and induction_head must be in [0, {n_heads}), got {previous_token_head} and {induction_head}.")
     token, previous, output = (slice(k * d_vocab, (k + 1) * d_vocab) for k in range(3))
@@ -94,6 +101,22 @@ def set_weights(
     W_U: Float[Tensor, "d_model d_vocab"],
 ) -> None:
     """Write TransformerLens-shaped weights into a native bridge and zero every bias."""
+    if not isinstance(model, TransformerBridge):
+        raise TypeError(f"model must be a TransformerBridge from mechlearn.models.make_model, got {type(model).__name__}.")
+    cfg = model.cfg
+    heads = (cfg.n_layers, cfg.n_heads)
+    expected = {
+        "W_E": (cfg.d_vocab, cfg.d_model),
+        "W_pos": (cfg.n_ctx, cfg.d_model),
+        **{name: (*heads, cfg.d_model, cfg.d_head) for name in ("W_Q", "W_K", "W_V")},
+        "W_O": (*heads, cfg.d_head, cfg.d_model),
+        "W_U": (cfg.d_model, cfg.d_vocab),
+    }
+    for name, weight in zip(expected, (W_E, W_pos, W_Q, W_K, W_V, W_O, W_U)):
+        check_tensor(weight, name, len(expected[name]), floating=True)
+        if weight.shape != expected[name]:
+            raise ValueError(f"{name} must have shape {expected[name]} for this model, got {describe(weight)}.")
+        check_finite(weight, name)
     state = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}
     state["embed.weight"], state["pos_embed.weight"] = W_E, W_pos
     state["unembed.weight"] = einops.rearrange(W_U, "d_model d_vocab -> d_vocab d_model")

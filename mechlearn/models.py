@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import socket
+import types
 import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,9 @@ from safetensors.torch import load_file, save_file
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
+from mechlearn.device import available_device
+from mechlearn.validation import check_finite, check_same_device, check_token_ids, is_int
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match its card."""
@@ -36,7 +40,7 @@ NORMALIZATIONS = ("LN", "LNPre", "RMS", None)
 
 
 def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.act_fn must be one of {ACTIVATIONS}, got {self.act_fn!r}.")
         if self.normalization_type not in NORMALIZATIONS:
             raise ValueError(f"ModelConfig.normalization_type must be one of {NORMALIZATIONS}, got {self.normalization_type!r}.")
+        if not is_int(self.seed):
+            raise ValueError(f"ModelConfig.seed must be an int, got {self.seed!r}.")
 
     @property
     def attn_only(self) -> bool:
@@ -97,14 +103,43 @@ def make_model(config: ModelConfig, device: str | torch.device | None = None) ->
         normalization_type=config.normalization_type,
         seed=config.seed,
     )
-    model = TransformerBridge.boot_native(bridge_config, device=device)
+    model = TransformerBridge.boot_native(bridge_config, device=None if device is None else available_device(device))
     model.mechlearn_config = config  # so save_model can write the card without guessing
+    # An instance attribute, not a forward pre-hook: run_with_cache and run_with_hooks call
+    # self.forward directly, and they must check the tokens too.
+    model.forward = types.MethodType(_forward_checking_tokens, model)
     return model
+
+
+def _forward_checking_tokens(self: TransformerBridge, input: Any, *args: Any, **kwargs: Any) -> Any:
+    """The bridge's forward, after checking the tokens against the config.
+
+    TransformerLens indexes `W_E` with the ids unchecked: an id outside the vocabulary is a
+    bare IndexError on the CPU and a device-side assert that kills the kernel on CUDA.
+    A 3-dim float input is a batch of embeddings, which the bridge accepts as they are.
+    """
+    is_embeddings = isinstance(input, torch.Tensor) and input.is_floating_point() and input.ndim == 3
+    if kwargs.get("start_at_layer") is None and not is_embeddings:
+        config = self.mechlearn_config
+        check_token_ids(input, "tokens", config.d_vocab, config.n_ctx, ndim=(1, 2))
+        check_same_device("tokens", input, "the model", model_device(self))
+    return type(self).forward(self, input, *args, **kwargs)
+
+
+def vocab_and_context(model: torch.nn.Module) -> tuple[int | None, int | None]:
+    """`(d_vocab, n_ctx)` of a toy bridge, a pretrained bridge or a from-scratch `Transformer`; `None`s when unknown."""
+    config = getattr(model, "mechlearn_config", None) or getattr(model, "cfg", None) or getattr(model, "config", None)
+    return getattr(config, "d_vocab", None), getattr(config, "n_ctx", None)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device a model's parameters live on."""
-    return next(model.parameters()).device
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"model ({type(model).__name__}) has no parameters, so it has no device to run on.")
+    return parameter.device
 
 
 def sha256_of(path: Path) -> str:
@@ -119,7 +154,13 @@ def save_model(model: TransformerBridge, path: str | Path, card: dict[str, Any] 
     config = getattr(model, "mechlearn_config", None)
     if config is None:
         raise ValueError("save_model needs a model made by mechlearn.models.make_model (it has no ModelConfig).")
-    path = Path(path).with_suffix("")
+    path = _as_path(path).with_suffix("")
+    if card is not None and not isinstance(card, dict):
+        raise TypeError(f"card must be a dict of notes, got {type(card).__name__}.")
+    if card and {"config", "sha256"} & set(card):
+        raise ValueError(f"card must not set {sorted({'config', 'sha256'} & set(card))}: save_model writes those from the weights.")
+    for name, weight in model.state_dict().items():
+        check_finite(weight, f"The model's weight {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = path.with_suffix(".safetensors")
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -130,9 +171,15 @@ def save_model(model: TransformerBridge, path: str | Path, card: dict[str, Any] 
     return card_path
 
 
+def _as_path(path: object) -> Path:
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}.")
+    return Path(path)
+
+
 def read_card(path: str | Path) -> dict[str, Any]:
     """The JSON card saved next to a checkpoint."""
-    card_path = Path(path).with_suffix(".json")
+    card_path = _as_path(path).with_suffix(".json")
     if not card_path.is_file():
         raise CheckpointError(f"No model card at {card_path}: save the model with mechlearn.models.save_model.")
     try:
@@ -143,12 +190,14 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> TransformerBridge:
     """Load a checkpoint written by `save_model`, after checking its sha256 against the card."""
-    path = Path(path).with_suffix("")
+    path = _as_path(path).with_suffix("")
     card = read_card(path)
     weights_path = path.with_suffix(".safetensors")
     if not weights_path.is_file():
         raise CheckpointError(f"The weights file {weights_path} is missing; rebuild the checkpoint.")
-    if sha256_of(weights_path) != card.get("sha256"):
+    if "sha256" not in card:
+        raise CheckpointError(f"The card {path.with_suffix('.json')} has no sha256 field to check the weights against; rebuild the checkpoint.")
+    if sha256_of(weights_path) != card["sha256"]:
         raise CheckpointError(
             f"{weights_path} does not match the sha256 on its card (the file is corrupted or was "
             "changed); rebuild it."
@@ -157,10 +206,25 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Tr
         state_dict = load_file(weights_path)
     except SafetensorError as error:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({error}); rebuild it.") from None
-    model = make_model(ModelConfig.from_dict(card["config"]), device=device)
-    model.load_state_dict(state_dict)
+    model = make_model(_card_config(card, path), device=device)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError:
+        raise CheckpointError(f"The weights in {weights_path} do not have the shapes its card's config gives; rebuild it.") from None
+    if not all(torch.isfinite(weight).all() for weight in state_dict.values()):
+        raise CheckpointError(f"{weights_path} holds NaN or inf weights; rebuild it.")
     model.eval()
     return model
+
+
+def _card_config(card: dict[str, Any], path: Path) -> ModelConfig:
+    """The card's `config` field as a ModelConfig, or a CheckpointError saying what is wrong with it."""
+    if not isinstance(card.get("config"), dict):
+        raise CheckpointError(f"The card {path.with_suffix('.json')} has no config field; rebuild the checkpoint.")
+    try:
+        return ModelConfig.from_dict(card["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"The card {path.with_suffix('.json')} has a bad config ({error}); rebuild the checkpoint.") from None
 
 
 # --- Pretrained models from the Hugging Face hub (optional extras, chapter 02) --------------
@@ -223,6 +287,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None, **kwarg
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"load_pretrained: name must be a non-empty str, got {name!r}.")
+    device = None if device is None else available_device(device)  # before any download
     folder = Path(name).expanduser()
     if folder.exists() or _looks_like_path(name):
         # A local folder: check it up front, since transformers would try the hub with it

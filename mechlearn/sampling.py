@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlearn.device import generator_for
-from mechlearn.models import model_device
+from mechlearn.models import model_device, vocab_and_context
+from mechlearn.validation import check_tensor, check_token_ids, is_int, is_number
+
+
+def _check_temperature(temperature: object) -> None:
+    if not (is_number(temperature) and 0 <= temperature < math.inf):
+        raise ValueError(f"temperature must be >= 0 and finite (0 is greedy), got {temperature!r}.")
 
 
 def sample_next_token(
     logits: Float[Tensor, "batch d_vocab"], temperature: float = 1.0, generator: torch.Generator | None = None
 ) -> Int[Tensor, "batch"]:
     """Greedy (the most likely token) when `temperature == 0`, else a draw from softmax(logits / T)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}.")
+    check_tensor(logits, "logits", 2, floating=True)
+    if not (logits < math.inf).all():  # -inf is allowed: it is how a token is masked out
+        raise ValueError("logits contains NaN or +inf; find where it was produced.")
+    _check_temperature(temperature)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}.")
+    if generator is not None and generator.device.type != logits.device.type:
+        raise ValueError(f"generator is on {generator.device} but logits is on {logits.device}; make it with torch.Generator({logits.device.type!r}).")
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = (logits / temperature).softmax(dim=-1)
@@ -31,6 +45,15 @@ def generate(
     seed: int = 0,
 ) -> Int[Tensor, "batch pos"]:
     """Extend `prompt` one token at a time, feeding each sample back in."""
+    d_vocab, n_ctx = vocab_and_context(model)
+    check_token_ids(prompt, "prompt", d_vocab, n_ctx)
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}.")
+    if n_ctx is not None and prompt.shape[-1] + max_new_tokens > n_ctx:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} after a prompt of {prompt.shape[-1]} tokens passes the model's n_ctx={n_ctx}; ask for fewer."
+        )
+    _check_temperature(temperature)
     generator = generator_for("sampling.generate", seed, model_device(model))
     tokens = prompt.to(model_device(model))
     for _ in range(max_new_tokens):

@@ -18,6 +18,22 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import ModelConfig
+from mechlearn.validation import check_tensor, check_token_ids, describe, is_number
+
+
+def _residual(x: Tensor, name: str, weight: Tensor, d_model_dim: int) -> Float[Tensor, "batch pos d_model"]:
+    """`x` checked against `weight` (its `d_model` on axis `d_model_dim`) and cast to its dtype: einsum
+    refuses to mix float64 activations with float32 weights."""
+    check_tensor(x, name, 3, floating=True)
+    d_model = weight.shape[d_model_dim]
+    if x.shape[-1] != d_model:
+        raise ValueError(f"{name} must end in d_model={d_model} (from the weights), got {describe(x)}.")
+    return x.to(weight.dtype)
+
+
+def _check_config(config: object) -> None:
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a mechlearn.models.ModelConfig, got {type(config).__name__}.")
 
 
 def layer_norm(
@@ -27,6 +43,13 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Centre each residual vector, scale it to unit variance, then apply `w` and `b`."""
+    check_tensor(x, "x", (1, 2, 3, 4), floating=True)
+    for name, param in (("w", w), ("b", b)):
+        check_tensor(param, name, 1, floating=True)
+        if param.shape[0] != x.shape[-1]:
+            raise ValueError(f"{name} must have x's last dim {x.shape[-1]} entries, got {describe(param)}.")
+    if not (is_number(eps) and 0 < eps < math.inf):
+        raise ValueError(f"eps must be a small positive number (it keeps the scale away from zero), got {eps!r}.")
     centred = x - x.mean(dim=-1, keepdim=True)
     scale = (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
     return centred / scale * w + b
@@ -34,11 +57,13 @@ def layer_norm(
 
 def embed(tokens: Int[Tensor, "batch pos"], W_E: Float[Tensor, "d_vocab d_model"]) -> Float[Tensor, "batch pos d_model"]:
     """Look up each token's row of the embedding matrix."""
+    check_token_ids(tokens, "tokens", W_E.shape[0])
     return W_E[tokens]
 
 
 def pos_embed(tokens: Int[Tensor, "batch pos"], W_pos: Float[Tensor, "n_ctx d_model"]) -> Float[Tensor, "batch pos d_model"]:
     """The learned vector of each position, repeated over the batch."""
+    check_token_ids(tokens, "tokens", None, W_pos.shape[0])
     batch, seq_len = tokens.shape
     return einops.repeat(W_pos[:seq_len], "pos d_model -> batch pos d_model", batch=batch)
 
@@ -51,6 +76,7 @@ def attention_scores(
     b_K: Float[Tensor, "n_heads d_head"],
 ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
     """Query-key dot products of every head, divided by sqrt(d_head)."""
+    x = _residual(x, "x", W_Q, 1)
     q = einops.einsum(x, W_Q, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_Q
     k = einops.einsum(x, W_K, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_K
     scores = einops.einsum(q, k, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos")
@@ -59,6 +85,7 @@ def attention_scores(
 
 def apply_causal_mask(scores: Float[Tensor, "batch n_heads query_pos key_pos"]) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
     """Set the score of every key after its query to -inf, so softmax gives it zero weight."""
+    check_tensor(scores, "scores", 4, floating=True)
     n_query, n_key = scores.shape[-2:]
     future = torch.triu(torch.ones(n_query, n_key, dtype=torch.bool, device=scores.device), diagonal=1)
     return scores.masked_fill(future, float("-inf"))
@@ -76,6 +103,7 @@ def attention(
     b_O: Float[Tensor, "d_model"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Causal multi-head self-attention: scores, mask, pattern, weighted values z, output."""
+    x = _residual(x, "x", W_Q, 1)
     pattern = apply_causal_mask(attention_scores(x, W_Q, b_Q, W_K, b_K)).softmax(dim=-1)
     v = einops.einsum(x, W_V, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b_V
     z = einops.einsum(pattern, v, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head")
@@ -90,6 +118,7 @@ def mlp(
     b_out: Float[Tensor, "d_model"],
 ) -> Float[Tensor, "batch pos d_model"]:
     """Up-project, GELU, down-project: the same function at every position."""
+    x = _residual(x, "x", W_in, 0)
     hidden = F.gelu(einops.einsum(x, W_in, "batch pos d_model, d_model d_mlp -> batch pos d_mlp") + b_in)
     return einops.einsum(hidden, W_out, "batch pos d_mlp, d_mlp d_model -> batch pos d_model") + b_out
 
@@ -98,6 +127,7 @@ def unembed(
     x: Float[Tensor, "batch pos d_model"], W_U: Float[Tensor, "d_model d_vocab"], b_U: Float[Tensor, "d_vocab"]
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Map the final residual stream to one logit per vocabulary item."""
+    x = _residual(x, "x", W_U, 0)
     return einops.einsum(x, W_U, "batch pos d_model, d_model d_vocab -> batch pos d_vocab") + b_U
 
 
@@ -106,6 +136,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        _check_config(config)
         n_heads, d_model, d_head = config.n_heads, config.d_model, config.d_head
         self.ln1_w, self.ln1_b = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.zeros(d_model))
         self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.randn(n_heads, d_model, d_head) / math.sqrt(d_model)) for _ in range(3))
@@ -121,6 +152,7 @@ class TransformerBlock(nn.Module):
             self.b_out = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = _residual(resid_pre, "resid_pre", self.ln1_w, 0)
         normed = layer_norm(resid_pre, self.ln1_w, self.ln1_b)
         resid_mid = resid_pre + attention(normed, self.W_Q, self.b_Q, self.W_K, self.b_K, self.W_V, self.b_V, self.W_O, self.b_O)
         if not self.has_mlp:
@@ -133,6 +165,7 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        _check_config(config)
         if (config.act_fn, config.normalization_type) != ("gelu", "LN"):
             raise ValueError(
                 f"This from-scratch Transformer implements GELU and LayerNorm only; the config asks for "
@@ -153,30 +186,50 @@ class Transformer(nn.Module):
         return unembed(layer_norm(resid, self.ln_final_w, self.ln_final_b), self.W_U, self.b_U)
 
 
+def _copy(target: nn.Parameter, source: Tensor, name: str) -> None:
+    """Copy one weight, refusing a shape mismatch that `copy_` would broadcast or report without the name."""
+    if target.shape != source.shape:
+        raise ValueError(
+            f"The bridge's {name} has shape {tuple(source.shape)} but yours has {tuple(target.shape)}; build yours with the bridge's config."
+        )
+    target.copy_(source)
+
+
 @torch.no_grad()
 def load_block_weights_from(block: TransformerBlock, source: nn.Module) -> TransformerBlock:
     """Copy one `TransformerBridge` block (`bridge.blocks[l]`) into a from-scratch block."""
-    block.ln1_w.copy_(source.ln1.w)
-    block.ln1_b.copy_(source.ln1.b)
+    if block.has_mlp != hasattr(source, "mlp"):
+        raise ValueError(
+            f"block {'has' if block.has_mlp else 'has no'} MLP but the source block {'has none' if block.has_mlp else 'has one'}; "
+            "build it with the bridge's config."
+        )
+    _copy(block.ln1_w, source.ln1.w, "ln1.w")
+    _copy(block.ln1_b, source.ln1.b, "ln1.b")
     for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O"):
-        getattr(block, name).copy_(getattr(source.attn, name))
+        _copy(getattr(block, name), getattr(source.attn, name), name)
     if block.has_mlp:
-        block.ln2_w.copy_(source.ln2.w)
-        block.ln2_b.copy_(source.ln2.b)
+        _copy(block.ln2_w, source.ln2.w, "ln2.w")
+        _copy(block.ln2_b, source.ln2.b, "ln2.b")
         for name in ("W_in", "b_in", "W_out", "b_out"):
-            getattr(block, name).copy_(getattr(source.mlp, name))
+            _copy(getattr(block, name), getattr(source.mlp, name), name)
     return block
 
 
 @torch.no_grad()
 def load_weights_from(model: Transformer, bridge: TransformerBridge) -> Transformer:
     """Copy a `TransformerBridge`'s weights into a from-scratch `Transformer` of the same shape."""
-    model.W_E.copy_(bridge.W_E)
-    model.W_pos.copy_(bridge.W_pos)
-    for block, source in zip(model.blocks, bridge.blocks, strict=True):
+    if not isinstance(bridge, TransformerBridge):
+        raise TypeError(f"bridge must be a TransformerBridge, got {type(bridge).__name__}.")
+    if len(model.blocks) != len(bridge.blocks):
+        raise ValueError(
+            f"model has {len(model.blocks)} blocks but the bridge has {len(bridge.blocks)}; build it with the bridge's config."
+        )
+    _copy(model.W_E, bridge.W_E, "W_E")
+    _copy(model.W_pos, bridge.W_pos, "W_pos")
+    for block, source in zip(model.blocks, bridge.blocks):
         load_block_weights_from(block, source)
-    model.ln_final_w.copy_(bridge.ln_final.w)
-    model.ln_final_b.copy_(bridge.ln_final.b)
-    model.W_U.copy_(bridge.W_U)
-    model.b_U.copy_(bridge.b_U)
+    _copy(model.ln_final_w, bridge.ln_final.w, "ln_final.w")
+    _copy(model.ln_final_b, bridge.ln_final.b, "ln_final.b")
+    _copy(model.W_U, bridge.W_U, "W_U")
+    _copy(model.b_U, bridge.b_U, "b_U")
     return model

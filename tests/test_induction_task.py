@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn.tasks import FixedOffsetRepeatTask, InductionTask, LabelledTokens, Task
 
@@ -152,6 +153,7 @@ def test_no_bigram_text_when_the_fraction_is_zero() -> None:
     assert repeated.any(dim=-1).all()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "fields, message",
     [
@@ -193,6 +195,31 @@ def test_fixed_offset_layout_and_masks() -> None:
     assert task.decode(tokens[0]).startswith("| ")
 
 
+@pytest.mark.bad_input
 def test_fixed_offset_validation() -> None:
     with pytest.raises(ValueError, match="n_tokens >= 2 and length >= 2"):
         FixedOffsetRepeatTask(length=1)
+
+
+# --- bad inputs: every one named in one sentence (issue 11) -------------------------------------
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: InductionTask(n_tokens=48.0), ValueError, "InductionTask.n_tokens must be an int, got 48.0"),
+        (lambda: InductionTask(chain_seed=0.5), ValueError, "InductionTask.chain_seed must be an int, got 0.5"),
+        (lambda: InductionTask(bigram_fraction="0.1"), ValueError, r"InductionTask.bigram_fraction must be a number in \[0, 1\), got '0.1'"),
+        (lambda: FixedOffsetRepeatTask(length=4.0), ValueError, "FixedOffsetRepeatTask.length must be an int, got 4.0"),
+        (lambda: TASK.sample_labelled(0, torch.Generator()), ValueError, "batch_size must be a positive int, got 0"),
+        (lambda: TASK.sample(-3, torch.Generator()), ValueError, "batch_size must be a positive int, got -3"),
+        (lambda: TASK.sample(2, "seed 0"), TypeError, "generator must be a torch.Generator, got str"),
+        (lambda: FixedOffsetRepeatTask().sample_labelled(2.5, torch.Generator()), ValueError, "batch_size must be a positive int, got 2.5"),
+    ],
+    ids=["float-n-tokens", "float-chain-seed", "str-bigram-fraction", "float-length", "zero-batch", "negative-batch", "str-generator",
+         "fixed-offset-float-batch"],
+)
+def test_induction_tasks_name_bad_inputs(call, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        call()

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn.tasks import OthelloTask, Task
-from mechlearn.tasks.othello import BLACK, CLASS_NAMES, WHITE, board_after, legal_move_accuracy, legal_moves, play
+from mechlearn.tasks.othello import BLACK, CLASS_NAMES, WHITE, board_after, initial_boards, legal_move_accuracy, legal_moves, play
 
 TASK = OthelloTask()
 NAMES = {TASK.cell_name(cell): cell for cell in range(TASK.n_cells)}
@@ -373,6 +374,7 @@ def test_loss_of_the_uniform_legal_prediction() -> None:
 # --- replay's argument checks --------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_replay_rejects_bad_tokens() -> None:
     tokens = sample(20)
     with pytest.raises(ValueError, match="BOS"):
@@ -382,7 +384,7 @@ def test_replay_rejects_bad_tokens() -> None:
         broken[3, 5] = bad
         with pytest.raises(ValueError, match="tokens must lie in"):
             TASK.replay(broken)
-    with pytest.raises(ValueError, match="tokens must be"):
+    with pytest.raises(TypeError, match="tokens must be"):
         TASK.replay(tokens.float())
     ended = torch.nonzero(game_lengths(sample()) < TASK.max_moves)[0, 0]
     game = sample()[ended : ended + 1].clone()
@@ -454,3 +456,55 @@ def test_replay_matches_a_plain_python_othello(size: int, n_games: int) -> None:
             assert states.boards[game, t].tolist() == board
             assert int(states.players[game, t]) == player
             assert set(torch.nonzero(states.legal[game, t])[:, 0].tolist()) == legal
+
+
+# --- bad inputs: every one named in one sentence (issue 11) -------------------------------------
+
+GAMES = TASK.sample(4, torch.Generator().manual_seed(3))
+STATES = TASK.replay(GAMES)
+MOVE_LOGITS = torch.randn(4, TASK.n_ctx, TASK.d_vocab, generator=torch.Generator().manual_seed(4))
+BOARDS = initial_boards(2)
+PLAYERS = torch.tensor([BLACK, WHITE])
+
+
+def nan_at_start(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.clone()
+    logits[0, 0, 0] = math.nan
+    return logits
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: OthelloTask(size=6.0), ValueError, "OthelloTask.size must be an int, got 6.0"),
+        (lambda: TASK.sample(0, torch.Generator()), ValueError, "batch_size must be a positive int, got 0"),
+        (lambda: TASK.sample(2.0, torch.Generator()), ValueError, "batch_size must be a positive int, got 2.0"),
+        (lambda: TASK.sample(2, 0), TypeError, "generator must be a torch.Generator, got int"),
+        (lambda: TASK.replay(GAMES[:0]), ValueError, "tokens is empty"),
+        (lambda: TASK.replay(GAMES.tolist()), TypeError, "tokens must be a tensor, got list"),
+        (lambda: TASK.loss(MOVE_LOGITS[:, :5], GAMES), ValueError, r"logits must be \[batch=4 pos=33 d_vocab>=36\] like the games"),
+        (lambda: TASK.loss(MOVE_LOGITS[..., :20], GAMES), ValueError, "d_vocab>=36"),
+        (lambda: TASK.loss(MOVE_LOGITS.long(), GAMES), TypeError, "logits must be a float tensor"),
+        (lambda: legal_move_accuracy(MOVE_LOGITS, GAMES), TypeError, "states must be the GameStates that OthelloTask.replay returns"),
+        (lambda: legal_move_accuracy(nan_at_start(MOVE_LOGITS), STATES), ValueError, "logits contains NaN or inf"),
+        (lambda: legal_moves(BOARDS[0], PLAYERS), ValueError, "boards must have 3 dims"),
+        (lambda: legal_moves(torch.zeros(2, 5, 5, dtype=torch.long), PLAYERS), ValueError, "boards must be .batch row col. with 4 x 4 or 6 x 6"),
+        (lambda: legal_moves(BOARDS * 2, PLAYERS), ValueError, r"boards must hold EMPTY \(0\), BLACK \(1\) or WHITE \(-1\) only"),
+        (lambda: legal_moves(BOARDS.float(), PLAYERS), TypeError, "boards must be an integer tensor"),
+        (lambda: legal_moves(BOARDS, torch.tensor([BLACK, 0])), ValueError, r"players must hold BLACK \(1\) or WHITE \(-1\) only"),
+        (lambda: legal_moves(BOARDS, PLAYERS[:1]), ValueError, r"players must have one entry per board \(2\)"),
+        (lambda: play(BOARDS, PLAYERS, torch.tensor([36, -1])), ValueError, r"moves must hold a cell in \[0, 36\) or -1 only"),
+        (lambda: play(BOARDS, PLAYERS, torch.tensor([1.0, -1.0])), TypeError, "moves must be an integer tensor"),
+        (lambda: TASK.cell_name(36), ValueError, r"cell must be in \[0, 36\), got 36"),
+        (lambda: board_after(TASK, ["C2", "Z9"]), ValueError, r"moves must be cell names from A1 to F6, got \['Z9'\]"),
+        (lambda: initial_boards(0), ValueError, "batch_size must be a positive int"),
+        (lambda: initial_boards(2, size=5), ValueError, "size must be 4 or 6, got 5"),
+    ],
+    ids=["float-size", "zero-batch", "float-batch", "int-generator", "replay-empty", "replay-list", "loss-shape", "loss-vocab", "loss-int",
+         "accuracy-states", "accuracy-nan", "boards-dims", "boards-5x5", "boards-values", "boards-float", "players-zero", "players-length",
+         "moves-range", "moves-float", "cell-name", "board-after-name", "initial-zero", "initial-size"],
+)
+def test_othello_names_bad_inputs(call, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        call()

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.tasks import SortingTask, Task
-from mechlearn.train import TrainConfig, learning_rate, next_token_accuracy, next_token_loss, train
+from mechlearn.train import TrainConfig, learning_rate, next_token_accuracy, next_token_loss, task_accuracy, task_loss, train
 
 TASK = SortingTask(n_digits=5, length=3)
 FAST = TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup_steps=5, eval_every=20, eval_batch_size=128)
@@ -66,6 +67,7 @@ def test_eval_fn_results_join_the_history() -> None:
     assert calls == [torch.Size([8, TASK.n_ctx])] * 2
 
 
+@pytest.mark.bad_input
 def test_train_rejects_a_non_task() -> None:
     with pytest.raises(TypeError, match="train expects a task from mechlearn.tasks, got str"):
         train(tiny_model(), "sorting", FAST, progress=False)
@@ -85,6 +87,7 @@ def test_nan_loss_raises_floating_point_error() -> None:
         train(NaNModel(), TASK, FAST, progress=False)
 
 
+@pytest.mark.bad_input
 def test_infinite_learning_rate_is_rejected() -> None:
     with pytest.raises(ValueError, match="TrainConfig.lr"):
         TrainConfig(lr=float("inf"))
@@ -146,6 +149,7 @@ def test_learning_rate_warmup_and_cosine() -> None:
     assert learning_rate(0, no_warmup) == pytest.approx(1.0)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "field, value",
     [("steps", 0), ("batch_size", 0), ("eval_every", 0), ("eval_batch_size", -1), ("lr", 0.0), ("lr", -1e-3), ("lr", math.nan)],
@@ -227,3 +231,115 @@ def test_a_task_with_its_own_loss_is_trained_on_that_loss() -> None:
     assert task.loss(logits, tokens).item() < before
     assert history[-1]["eval_accuracy"] > 0.5  # top-1 legal: a random guess among 12 cells is legal far less often
     assert history[-1]["eval_loss"] != pytest.approx(next_token_loss(logits, tokens).item(), rel=1e-3)
+
+
+# --- bad inputs: every one named in one sentence (issue 11) -------------------------------------
+
+LOGITS = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(0))
+TOKENS = torch.randint(0, 5, (2, 4), generator=torch.Generator().manual_seed(1))
+NAN_LOGITS = LOGITS.clone()
+NAN_LOGITS[0, 0, 0] = math.nan
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "logits, tokens, mask, error, match",
+    [
+        (LOGITS[0], TOKENS, None, ValueError, "logits must have 3 dims"),
+        (LOGITS.long(), TOKENS, None, TypeError, "logits must be a float tensor"),
+        (NAN_LOGITS, TOKENS, None, ValueError, "logits contains NaN or inf"),
+        (LOGITS, TOKENS.float(), None, TypeError, "tokens must be an integer tensor"),
+        (LOGITS, TOKENS + 5, None, ValueError, r"tokens must hold token ids in \[0, 5\)"),
+        (LOGITS, TOKENS[:, :3], None, ValueError, r"tokens must have the logits' \[batch pos\] shape \(2, 4\)"),
+        (LOGITS[:, :1], TOKENS[:, :1], None, ValueError, "tokens must have at least 2 positions"),
+        (LOGITS[:0], TOKENS[:0], None, ValueError, "logits is empty"),
+        (LOGITS, TOKENS.to("meta"), None, ValueError, "tokens is on the meta device"),
+        (LOGITS, TOKENS, torch.ones(3), TypeError, "target_mask must be a bool tensor, got torch.float32"),
+        (LOGITS, TOKENS, torch.ones(3, dtype=torch.long), TypeError, "target_mask must be a bool tensor"),
+        (LOGITS, TOKENS, torch.ones(4, dtype=torch.bool), ValueError, r"target_mask must have shape \(3,\) or \(2, 3\)"),
+        (LOGITS, TOKENS, torch.zeros(3, dtype=torch.bool), ValueError, "target_mask is all False"),
+    ],
+    ids=["logits-2-dims", "logits-int", "logits-nan", "tokens-float", "tokens-vocab", "tokens-shape", "one-position", "empty-batch",
+         "tokens-meta", "mask-float", "mask-long", "mask-shape", "mask-all-false"],
+)
+def test_next_token_loss_names_bad_inputs(logits, tokens, mask, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        next_token_loss(logits, tokens, mask)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "logits, tokens, mask, match",
+    [(LOGITS, TOKENS, torch.zeros(2, 3, dtype=torch.bool), "target_mask is all False"), (LOGITS[:0], TOKENS[:0], None, "logits is empty")],
+    ids=["mask-all-false", "empty-batch"],
+)
+def test_next_token_accuracy_raises_where_it_returned_nan(logits, tokens, mask, match: str) -> None:
+    with raises_one_sentence(ValueError, match):
+        next_token_accuracy(logits, tokens, mask)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("metric", [task_loss, task_accuracy])
+def test_task_metrics_name_a_non_task(metric) -> None:
+    with raises_one_sentence(TypeError, "task must be a task from mechlearn.tasks, got str"):
+        metric("sorting", LOGITS, TOKENS)
+
+
+@pytest.mark.bad_input
+def test_learning_rate_names_a_negative_step() -> None:
+    with raises_one_sentence(ValueError, "step must be an int >= 0, got -1"):
+        learning_rate(-1, TrainConfig())
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "field, value",
+    [("steps", 10.5), ("batch_size", True), ("warmup_steps", -1), ("weight_decay", -0.1), ("grad_clip", 0.0), ("grad_clip", math.inf),
+     ("lr", "1e-3"), ("seed", 0.5)],
+)
+def test_train_config_names_bad_types_and_ranges(field: str, value) -> None:
+    with raises_one_sentence(ValueError, rf"TrainConfig\.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def nan_weight_model():
+    model = tiny_model()
+    with torch.no_grad():
+        model.W_E[0, 0] = math.nan
+    return model
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "make, kwargs, error, match",
+    [
+        (tiny_model, {"config": {"steps": 3}}, TypeError, "config must be a TrainConfig, got dict"),
+        (tiny_model, {"eval_fn": "accuracy"}, TypeError, "eval_fn must be None or a function"),
+        (lambda: make_model(ModelConfig(d_vocab=4, n_ctx=TASK.n_ctx, d_model=8, n_layers=1, n_heads=1, d_head=8)), {}, ValueError,
+         "task has d_vocab=7 but the model only 4"),
+        (lambda: make_model(ModelConfig(d_vocab=TASK.d_vocab, n_ctx=4, d_model=8, n_layers=1, n_heads=1, d_head=8)), {}, ValueError,
+         "task has n_ctx=8 but the model only 4"),
+        (nan_weight_model, {}, ValueError, "The model's parameter .* contains NaN or inf"),
+        (torch.nn.ReLU, {}, ValueError, r"model \(ReLU\) has no parameters"),
+    ],
+    ids=["config-dict", "eval-fn-str", "small-vocab", "short-context", "nan-weights", "no-parameters"],
+)
+def test_train_names_bad_inputs_before_the_first_step(make, kwargs, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        train(make(), TASK, progress=False, **kwargs)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: SortingTask(n_digits=10.0), ValueError, "SortingTask.n_digits must be an int, got 10.0"),
+        (lambda: TASK.sample(0, torch.Generator()), ValueError, "batch_size must be a positive int, got 0"),
+        pytest.param(lambda: TASK.sample(2, torch.Generator(device="cuda")), ValueError, "generator must be a CPU generator",
+                     marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA generator")),
+    ],
+    ids=["float-n-digits", "zero-batch", "cuda-generator"],
+)
+def test_sorting_task_names_bad_inputs(call, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        call()

@@ -5,8 +5,11 @@ mistakes) are tested in test_ch01_checks.py; here each function is compared with
 hooks of models of other shapes than the checks use.
 """
 
+import dataclasses
+
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn import zoo
 from mechlearn.models import ModelConfig, make_model
@@ -156,6 +159,71 @@ def test_generate_with_temperature_is_seeded() -> None:
     )
 
 
+@pytest.mark.bad_input
 def test_from_scratch_transformer_refuses_configs_it_does_not_implement() -> None:
     with pytest.raises(ValueError, match="act_fn='relu'"):
         Transformer(ModelConfig(d_vocab=5, n_ctx=4, act_fn="relu"))
+
+
+# --- bad inputs: every one named in one sentence (issue 11) -------------------------------------
+
+SMALL = ModelConfig(d_vocab=5, n_ctx=4, d_model=6, n_layers=1, n_heads=2, d_head=3, d_mlp=8)
+X = torch.randn(2, 3, SMALL.d_model)
+BLOCK = TransformerBlock(SMALL)
+ONES, ZEROS = torch.ones(SMALL.d_model), torch.zeros(SMALL.d_model)
+ATTN = (BLOCK.W_Q, BLOCK.b_Q, BLOCK.W_K, BLOCK.b_K)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: layer_norm(X.long(), ONES, ZEROS), TypeError, "x must be a float tensor"),
+        (lambda: layer_norm(X, torch.ones(5), ZEROS), ValueError, "w must have x's last dim 6 entries"),
+        (lambda: layer_norm(X, ONES, torch.zeros(6, 1)), ValueError, "b must have 1 dims"),
+        (lambda: layer_norm(X, ONES, ZEROS, eps=0.0), ValueError, "eps must be a small positive number"),
+        (lambda: layer_norm(X, ONES, ZEROS, eps="1e-5"), ValueError, "eps must be a small positive number"),
+        (lambda: layer_norm(torch.randn(0, 6), ONES, ZEROS), ValueError, "x is empty"),
+        (lambda: embed(torch.tensor([[0, 5]]), BLOCK.W_Q[0].T), ValueError, r"tokens must hold token ids in \[0, 3\)"),
+        (lambda: embed(torch.tensor([[0.0, 1.0]]), torch.randn(5, 6)), TypeError, "tokens must be an integer tensor"),
+        (lambda: pos_embed(torch.zeros(1, 5, dtype=torch.long), torch.randn(4, 6)), ValueError, "tokens has 5 positions, more than the model's n_ctx=4"),
+        (lambda: attention_scores(torch.randn(2, 3, 7), *ATTN), ValueError, r"x must end in d_model=6"),
+        (lambda: attention(X[0], *ATTN, BLOCK.W_V, BLOCK.b_V, BLOCK.W_O, BLOCK.b_O), ValueError, "x must have 3 dims"),
+        (lambda: apply_causal_mask(torch.randn(3, 3, 3)), ValueError, "scores must have 4 dims"),
+        (lambda: mlp(X.int(), BLOCK.W_in, BLOCK.b_in, BLOCK.W_out, BLOCK.b_out), TypeError, "x must be a float tensor"),
+        (lambda: unembed(torch.randn(2, 3, 4), torch.randn(6, 5), torch.zeros(5)), ValueError, "x must end in d_model=6"),
+        (lambda: BLOCK(torch.randn(2, 3, 5)), ValueError, "resid_pre must end in d_model=6"),
+        (lambda: Transformer(SMALL)(torch.zeros(1, 5, dtype=torch.long)), ValueError, "tokens has 5 positions, more than the model's n_ctx=4"),
+        (lambda: Transformer(SMALL)(torch.tensor([[0, 5]])), ValueError, r"tokens must hold token ids in \[0, 5\)"),
+        (lambda: Transformer(SMALL.to_dict()), TypeError, "config must be a mechlearn.models.ModelConfig, got dict"),
+        (lambda: TransformerBlock(None), TypeError, "config must be a mechlearn.models.ModelConfig, got NoneType"),
+    ],
+    ids=["ln-int-x", "ln-w-length", "ln-b-dims", "ln-eps", "ln-str-eps", "ln-empty", "embed-vocab", "embed-float", "pos-embed-long", "scores-d-model",
+         "attention-dims", "mask-dims", "mlp-int", "unembed-d-model", "block-d-model", "transformer-long", "transformer-vocab",
+         "transformer-config", "block-config"],
+)
+def test_functions_name_bad_inputs(call, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        call()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "ours, bridge, error, match",
+    [
+        (dataclasses.replace(SMALL, d_model=8, d_head=4), SMALL, ValueError, r"The bridge's W_E has shape \(5, 6\) but yours has \(5, 8\)"),
+        (dataclasses.replace(SMALL, n_layers=2), SMALL, ValueError, "model has 2 blocks but the bridge has 1"),
+        (dataclasses.replace(SMALL, d_mlp=None), SMALL, ValueError, "block has no MLP but the source block has one"),
+        (SMALL, None, TypeError, "bridge must be a TransformerBridge, got Transformer"),
+    ],
+    ids=["shape", "n-layers", "mlp", "not-a-bridge"],
+)
+def test_load_weights_from_names_a_model_of_another_shape(ours, bridge, error, match: str) -> None:
+    source = make_model(bridge) if bridge else Transformer(SMALL)
+    with raises_one_sentence(error, match):
+        load_weights_from(Transformer(ours), source)
+
+
+def test_float64_activations_are_cast_to_the_weights_dtype() -> None:
+    resid = torch.randn(2, 3, SMALL.d_model, dtype=torch.float64)
+    torch.testing.assert_close(BLOCK(resid), BLOCK(resid.float()))

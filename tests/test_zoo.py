@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn import induction, zoo
@@ -49,6 +50,7 @@ def test_list_models_includes_new_recipes(tiny_recipe: str) -> None:
     assert tiny_recipe in names and SHIPPED in names and names == sorted(names)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("function", [zoo.load, zoo.card, zoo.train, zoo.recipe])
 def test_unknown_name_suggests_the_close_one(function) -> None:
     with pytest.raises(KeyError, match=r"no zoo model called 'sort-digit-2l'\. Did you mean 'sort-digits-2l'\?"):
@@ -134,6 +136,7 @@ def test_train_writes_a_checkpoint_that_loads(tiny_recipe: str, tmp_path: Path) 
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
+@pytest.mark.bad_input
 def test_corrupted_checkpoint_says_how_to_rebuild(tiny_recipe: str, tmp_path: Path) -> None:
     zoo.train(tiny_recipe, directory=tmp_path, progress=False)
     weights = tmp_path / f"{tiny_recipe}.safetensors"
@@ -144,6 +147,7 @@ def test_corrupted_checkpoint_says_how_to_rebuild(tiny_recipe: str, tmp_path: Pa
         zoo.load(tiny_recipe, directory=tmp_path)
 
 
+@pytest.mark.bad_input
 def test_missing_checkpoint_says_how_to_rebuild(tiny_recipe: str, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"No model card.*run mechlearn\.zoo\.train\('tiny-sort'\)"):
         zoo.load(tiny_recipe, directory=tmp_path)
@@ -274,3 +278,67 @@ def test_loaded_othello_model_reproduces_its_legal_move_accuracy() -> None:
     assert accuracy["top1_legal"] == pytest.approx(metrics["held_out_top1_legal"], abs=1e-4)
     assert accuracy["topk_exact"] == pytest.approx(metrics["held_out_topk_exact"], abs=1e-4)
     assert accuracy["top1_legal"] > 0.95
+
+
+# --- bad inputs: every one named in one sentence (issue 11) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_model() -> TransformerBridge:
+    return zoo.load(SHIPPED)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "tokens, match",
+    [
+        (torch.full((1, 16), 11), r"tokens has 16 positions, more than the model's n_ctx=14"),
+        (torch.tensor([[11, 3, 12]]), r"tokens must hold token ids in \[0, 12\), got values from 3 to 12"),
+    ],
+    ids=["longer-than-n-ctx", "id-outside-vocab"],
+)
+def test_a_zoo_model_names_tokens_it_cannot_read(shipped_model, tokens, match: str) -> None:
+    with raises_one_sentence(ValueError, match):
+        shipped_model(tokens)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: zoo.load(3), TypeError, "name must be a str naming a zoo model"),
+        (lambda: zoo.card(["sort-digits-2l"]), TypeError, r"name must be a str naming a zoo model \(see mechlearn\.zoo\.list_models\(\)\), got list"),
+        (lambda: zoo.load(SHIPPED, directory=3), TypeError, "directory must be a folder path or None, got int"),
+        (lambda: zoo.load(SHIPPED, device="cuad"), ValueError, "device='cuad' is not a device torch knows"),
+        (lambda: zoo.held_out_metrics(torch.nn.Linear(1, 1), TINY_TASK, n_sequences=0), ValueError, "n_sequences must be a positive int, got 0"),
+        (lambda: zoo.held_out_labelled(zoo.INDUCTION_TASK, n_sequences=-5), ValueError, "n_sequences must be a positive int, got -5"),
+    ],
+    ids=["int-name", "list-name", "int-directory", "unknown-device", "zero-sequences", "negative-labelled"],
+)
+def test_zoo_names_bad_arguments(call, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        call()
+
+
+@pytest.fixture
+def trained_tiny(tiny_recipe: str, tmp_path: Path) -> Path:
+    zoo.train(tiny_recipe, directory=tmp_path, progress=False)
+    return tmp_path
+
+
+@pytest.mark.bad_input
+def test_a_checkpoint_from_an_older_recipe_is_stale(tiny_recipe: str, trained_tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    changed = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, seed=9))
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, tiny_recipe: changed})
+    with raises_one_sentence(CheckpointError, r"gives a config other than its recipe's.*run mechlearn\.zoo\.train\('tiny-sort'\)"):
+        zoo.load(tiny_recipe, directory=trained_tiny)
+
+
+@pytest.mark.bad_input
+def test_a_card_without_config_says_how_to_rebuild(tiny_recipe: str, trained_tiny: Path) -> None:
+    card_path = trained_tiny / f"{tiny_recipe}.json"
+    card = json.loads(card_path.read_text())
+    del card["config"]
+    card_path.write_text(json.dumps(card))
+    with raises_one_sentence(CheckpointError, r"has no config field.*run mechlearn\.zoo\.train\('tiny-sort'\)"):
+        zoo.load(tiny_recipe, directory=trained_tiny)

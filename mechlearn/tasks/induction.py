@@ -27,6 +27,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from mechlearn.tasks.base import check_int_fields, check_sample_args
+from mechlearn.validation import is_number
+
 
 class LabelledTokens(NamedTuple):
     tokens: Int[Tensor, "batch pos"]
@@ -66,6 +69,9 @@ class InductionTask:
     chain_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_int_fields(self, "n_tokens", "n_ctx", "n_repeats", "min_repeat_len", "max_repeat_len", "branching", "chain_seed")
+        if not is_number(self.bigram_fraction):
+            raise ValueError(f"InductionTask.bigram_fraction must be a number in [0, 1), got {self.bigram_fraction!r}.")
         if self.n_tokens < 2:
             raise ValueError(f"InductionTask.n_tokens must be at least 2, got {self.n_tokens}.")
         if not 1 <= self.branching <= self.n_tokens:
@@ -112,6 +118,7 @@ class InductionTask:
 
     def sample_labelled(self, batch_size: int, generator: torch.Generator) -> LabelledTokens:
         """Sequences with the masks of their repeated tokens and of those tokens' first occurrences."""
+        check_sample_args(batch_size, generator)
         is_bigram = torch.rand(batch_size, generator=generator) < self.bigram_fraction
         copy_from = self._copy_sources(batch_size, generator)
         copy_from[is_bigram] = -1
@@ -182,6 +189,7 @@ class FixedOffsetRepeatTask:
     length: int = 24
 
     def __post_init__(self) -> None:
+        check_int_fields(self, "n_tokens", "length")
         if self.n_tokens < 2 or self.length < 2:
             raise ValueError(f"FixedOffsetRepeatTask needs n_tokens >= 2 and length >= 2, got {self}.")
 
@@ -206,6 +214,7 @@ class FixedOffsetRepeatTask:
 
     def sample_labelled(self, batch_size: int, generator: torch.Generator) -> LabelledTokens:
         """Sequences with the masks of the second half (after its first token) and the matching first half."""
+        check_sample_args(batch_size, generator)
         first_half = torch.randint(0, self.n_tokens, (batch_size, self.length), generator=generator)
         bos = torch.full((batch_size, 1), self.bos)
         tokens = torch.cat([bos, first_half, first_half], dim=-1)

@@ -34,6 +34,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechlearn.tasks.base import check_int_fields, check_sample_args
+from mechlearn.validation import check_finite, check_positive_int, check_tensor, describe
+
 EMPTY, BLACK, WHITE = 0, 1, -1
 DIRECTIONS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 Encoding = Literal["mine_theirs", "black_white"]
@@ -44,11 +47,40 @@ CLASS_NAMES: dict[str, tuple[str, str, str]] = {
 
 
 def initial_boards(batch_size: int, size: int = 6) -> Int[Tensor, "batch row col"]:
+    check_positive_int(batch_size, "batch_size")
+    _check_size(size)
     board = torch.zeros(batch_size, size, size, dtype=torch.long)
     centre = size // 2
     board[:, centre - 1, centre - 1] = board[:, centre, centre] = WHITE
     board[:, centre - 1, centre] = board[:, centre, centre - 1] = BLACK
     return board
+
+
+def _check_size(size: object) -> None:
+    # An 8 x 8 bitboard needs all 64 bits, and torch has no unsigned int64.
+    if size not in (4, 6) or not isinstance(size, int):
+        raise ValueError(f"size must be 4 or 6, got {size!r}.")
+
+
+def _check_boards(boards: object, players: object, moves: object = None) -> None:
+    """Boards of EMPTY / BLACK / WHITE, one player (BLACK or WHITE) per board, and moves that are cells or -1."""
+    check_tensor(boards, "boards", 3, floating=False)
+    batch, size = boards.shape[0], boards.shape[-1]
+    if boards.shape[1] != size or size not in (4, 6):
+        raise ValueError(f"boards must be [batch row col] with 4 x 4 or 6 x 6 boards, got {describe(boards)}.")
+    if ((boards < -1) | (boards > 1)).any():
+        raise ValueError("boards must hold EMPTY (0), BLACK (1) or WHITE (-1) only.")
+    _check_one_per_board(players, "players", batch, torch.tensor([BLACK, WHITE]), "BLACK (1) or WHITE (-1)")
+    if moves is not None:
+        _check_one_per_board(moves, "moves", batch, torch.arange(-1, size * size), f"a cell in [0, {size * size}) or -1")
+
+
+def _check_one_per_board(values: object, name: str, batch: int, allowed: Tensor, what: str) -> None:
+    check_tensor(values, name, 1, floating=False)
+    if values.shape[0] != batch:
+        raise ValueError(f"{name} must have one entry per board ({batch}), got {describe(values)}.")
+    if not torch.isin(values.cpu(), allowed).all():
+        raise ValueError(f"{name} must hold {what} only, got values from {int(values.min())} to {int(values.max())}.")
 
 
 # --- bitboards: a board side as one integer, bit `row * size + col` set where it has a stone -------
@@ -120,12 +152,14 @@ def _sides(boards: Int[Tensor, "batch row col"], players: Int[Tensor, "batch"]) 
 
 def legal_moves(boards: Int[Tensor, "batch row col"], players: Int[Tensor, "batch"]) -> Bool[Tensor, "batch cell"]:
     """Which cells `players` may play on: empty cells that outflank in at least one direction."""
+    _check_boards(boards, players)
     size = boards.shape[-1]
     return _from_bits(_legal_bits(*_sides(boards, players), size), size * size)
 
 
 def play(boards: Int[Tensor, "batch row col"], players: Int[Tensor, "batch"], moves: Int[Tensor, "batch"]) -> Int[Tensor, "batch row col"]:
     """The boards after each player places a stone on `moves` (a cell index; -1 leaves that board as it is)."""
+    _check_boards(boards, players, moves)
     size = boards.shape[-1]
     mine, theirs = _sides(boards, players)
     mine, theirs = _play_bits(mine, theirs, moves, size)
@@ -214,6 +248,7 @@ class OthelloTask:
     size: int = 6
 
     def __post_init__(self) -> None:
+        check_int_fields(self, "size")
         if self.size not in (4, 6):  # an 8 x 8 bitboard needs all 64 bits, and torch has no unsigned int64
             raise ValueError(f"OthelloTask.size must be 4 or 6, got {self.size}.")
 
@@ -248,6 +283,7 @@ class OthelloTask:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Int[Tensor, "batch pos"]:
         """Random legal games: BOS, then moves, then PAD once the game is over."""
+        check_sample_args(batch_size, generator)
         tokens = torch.full((batch_size, self.n_ctx), self.pad)
         tokens[:, 0] = self.bos
         turn = _first_turn(batch_size, self.size)
@@ -281,6 +317,7 @@ class OthelloTask:
     def loss(self, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
         """Cross-entropy against the uniform distribution over legal moves, at positions in play."""
         states = self.replay(tokens)
+        _check_move_logits(logits, states)
         legal = states.legal.to(logits.device)
         target = legal.float() / legal.sum(dim=-1, keepdim=True).clamp(min=1)
         log_probs = logits[..., : self.n_cells].log_softmax(dim=-1)
@@ -292,7 +329,8 @@ class OthelloTask:
         return legal_move_accuracy(logits, self.replay(tokens))["top1_legal"]
 
     def _validate(self, tokens: Tensor) -> None:
-        if tokens.ndim != 2 or tokens.dtype != torch.long:
+        check_tensor(tokens, "tokens", 2, floating=False)
+        if tokens.dtype != torch.long:
             raise ValueError(f"tokens must be a [batch pos] tensor of longs, got {tuple(tokens.shape)} {tokens.dtype}.")
         if not (tokens[:, 0] == self.bos).all():
             raise ValueError(f"Every game must start with BOS (token {self.bos}).")
@@ -300,6 +338,8 @@ class OthelloTask:
             raise ValueError(f"tokens must lie in [0, {self.d_vocab}), got values from {tokens.min()} to {tokens.max()}.")
 
     def cell_name(self, cell: int) -> str:
+        if not 0 <= int(cell) < self.n_cells:
+            raise ValueError(f"cell must be in [0, {self.n_cells}), got {cell!r}.")
         row, col = divmod(int(cell), self.size)
         return f"{'ABCDEFGH'[col]}{row + 1}"
 
@@ -314,6 +354,8 @@ def legal_move_accuracy(logits: Float[Tensor, "batch pos d_vocab"], states: Game
     - `top1_legal`: the most likely move is legal.
     - `topk_exact`: with k the number of legal moves, the k most likely moves are exactly the legal set.
     """
+    _check_move_logits(logits, states)
+    check_finite(logits, "logits")
     n_cells = states.legal.shape[-1]
     legal = states.legal.to(logits.device)
     in_play = states.in_play.to(logits.device)
@@ -328,8 +370,21 @@ def legal_move_accuracy(logits: Float[Tensor, "batch pos d_vocab"], states: Game
     }
 
 
+def _check_move_logits(logits: object, states: GameStates) -> None:
+    """Logits with one row per position of the replayed games and a logit for every cell."""
+    if not isinstance(states, GameStates):
+        raise TypeError(f"states must be the GameStates that OthelloTask.replay returns, got {type(states).__name__}.")
+    check_tensor(logits, "logits", 3, floating=True)
+    batch, pos, n_cells = states.legal.shape
+    if logits.shape[:2] != (batch, pos) or logits.shape[-1] < n_cells:
+        raise ValueError(f"logits must be [batch={batch} pos={pos} d_vocab>={n_cells}] like the games, got {describe(logits)}.")
+
+
 def board_after(task: OthelloTask, moves: list[str]) -> Int[Tensor, "row col"]:
     """The board after a game written as cell names, e.g. `["C2", "B2"]`: for hand-worked examples."""
     names = {task.cell_name(cell): cell for cell in range(task.n_cells)}
+    unknown = [move for move in moves if str(move).upper() not in names]
+    if unknown:
+        raise ValueError(f"moves must be cell names from A1 to {task.cell_name(task.n_cells - 1)}, got {unknown}.")
     tokens = torch.tensor([[task.bos] + [names[m.upper()] for m in moves]])
     return task.replay(tokens).boards[0, -1]

@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from mechlearn.tasks.base import check_int_fields, check_sample_args
+
 
 @dataclass(frozen=True)
 class SortingTask:
@@ -20,6 +22,7 @@ class SortingTask:
     length: int = 6
 
     def __post_init__(self) -> None:
+        check_int_fields(self, "n_digits", "length")
         if self.n_digits < 2 or self.length < 1:
             raise ValueError(f"SortingTask needs n_digits >= 2 and length >= 1, got {self}.")
 
@@ -45,6 +48,7 @@ class SortingTask:
         return self.length + 2
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Int[Tensor, "batch pos"]:
+        check_sample_args(batch_size, generator)
         digits = torch.randint(0, self.n_digits, (batch_size, self.length), generator=generator)
         bos = torch.full((batch_size, 1), self.bos)
         sep = torch.full((batch_size, 1), self.sep)

@@ -33,6 +33,7 @@ from mechlearn.sampling import generate
 from mechlearn.tasks import FixedOffsetRepeatTask, InductionTask, LabelledTokens, SortingTask, Task
 from mechlearn.tasks.othello import OthelloTask, legal_move_accuracy
 from mechlearn.train import EvalFn, TrainConfig, task_accuracy, task_loss, train as train_model
+from mechlearn.validation import check_positive_int
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 HELD_OUT_SEED = 10_000  # held-out evaluation data never share a seed with training data
@@ -74,6 +75,7 @@ INDUCTION_SCORE_TARGET = 0.8  # the score the chapter asserts, and the one whose
 
 def held_out_labelled(task: InductionTask | FixedOffsetRepeatTask, n_sequences: int = 1000) -> LabelledTokens:
     """Labelled sequences drawn with the held-out seed: the batch the chapter-03 cards are measured on."""
+    check_positive_int(n_sequences, "n_sequences")
     return task.sample_labelled(n_sequences, torch.Generator().manual_seed(HELD_OUT_SEED))
 
 
@@ -191,6 +193,8 @@ def list_models() -> list[str]:
 
 
 def recipe(name: str) -> Recipe:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str naming a zoo model (see mechlearn.zoo.list_models()), got {type(name).__name__}.")
     if name not in RECIPES:
         close = difflib.get_close_matches(str(name), RECIPES, n=1)
         suggestion = f" Did you mean {close[0]!r}?" if close else ""
@@ -201,21 +205,31 @@ def recipe(name: str) -> Recipe:
 def card(name: str, directory: Path | None = None) -> dict[str, Any]:
     """The JSON card of a zoo model: config, recipe, metrics, sha256."""
     recipe(name)
-    return read_card((directory or CHECKPOINTS) / name)
+    return read_card(_checkpoint_path(name, directory))
+
+
+def _checkpoint_path(name: str, directory: str | Path | None) -> Path:
+    if directory is not None and not isinstance(directory, (str, Path)):
+        raise TypeError(f"directory must be a folder path or None, got {type(directory).__name__}.")
+    return Path(directory or CHECKPOINTS) / name
 
 
 def load(name: str, device: str | torch.device | None = None, directory: Path | None = None) -> TransformerBridge:
-    """A zoo model, ready to use, after verifying its checkpoint against the card's sha256."""
-    recipe(name)
+    """A zoo model, ready to use, after verifying its checkpoint against the card's sha256 and its recipe."""
+    expected = recipe(name).model.to_dict()
     try:
-        return load_model((directory or CHECKPOINTS) / name, device=device)
+        model = load_model(_checkpoint_path(name, directory), device=device)
+        if model.mechlearn_config.to_dict() != expected:
+            raise CheckpointError(f"The card of {name!r} gives a config other than its recipe's, so the checkpoint is stale")
     except CheckpointError as error:
-        raise CheckpointError(f"{error} To rebuild it from its recipe, run mechlearn.zoo.train({name!r}).") from None
+        raise CheckpointError(f"{str(error).rstrip('.')} (to rebuild it from its recipe, run mechlearn.zoo.train({name!r})).") from None
+    return model
 
 
 def train(name: str, directory: Path | None = None, progress: bool = True) -> TransformerBridge:
     """Rebuild a zoo model from its recipe and write its checkpoint and card."""
     rebuilt = recipe(name)
+    path = _checkpoint_path(name, directory)  # refused now, not after the training
     model = make_model(rebuilt.model)
     eval_fn = rebuilt.monitor() if rebuilt.monitor else None
     start = time.perf_counter()
@@ -240,13 +254,14 @@ def train(name: str, directory: Path | None = None, progress: bool = True) -> Tr
         "history": history,
         "versions": {"torch": torch.__version__, "transformer_lens": version("transformer_lens")},
     }
-    save_model(model, (directory or CHECKPOINTS) / name, card)
+    save_model(model, path, card)
     return model
 
 
 @torch.no_grad()
 def held_out_metrics(model: torch.nn.Module, task: Task, n_sequences: int = 1000) -> dict[str, float]:
     """Loss and accuracy on sequences drawn with a seed training never used."""
+    check_positive_int(n_sequences, "n_sequences")
     tokens = task.sample(n_sequences, torch.Generator().manual_seed(HELD_OUT_SEED))
     logits = model(tokens)
     metrics = {
