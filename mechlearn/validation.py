@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -13,3 +14,47 @@ def describe(value: object) -> str:
 def is_int(value: object) -> bool:
     """An int and not a bool (which Python counts as an int)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_tensor(name: str, value: object, shape: str, kind: str = "float") -> None:
+    """Refuse, naming `name`, anything but a non-empty tensor of `kind` ("float", "int" or "bool") with `shape`'s dims.
+
+    `shape` spells the dims for the message, e.g. "[batch pos]"; its number of words is the number of dims.
+    """
+    dtypes = {"float": lambda t: t.is_floating_point(), "int": _is_int_dtype, "bool": lambda t: t.dtype == torch.bool}
+    error = TypeError if not isinstance(value, Tensor) or not dtypes[kind](value) else ValueError
+    if error is TypeError or value.ndim != len(shape.strip("[]").split()) or value.numel() == 0:
+        raise error(f"{name} must be a non-empty {kind} tensor of shape {shape}, got {describe(value)}.")
+    _check_not_meta(name, value)
+
+
+def _check_not_meta(name: str, value: Tensor) -> None:
+    if value.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds no values; make it on a real device.")
+
+
+def _is_int_dtype(value: Tensor) -> bool:
+    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    """Refuse a tensor holding NaN or inf, naming `name` (one sync: call it once per public call, not per step)."""
+    _check_not_meta(name, value)
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or inf; drop those entries (or fix the run that produced them).")
+
+
+def check_same_device(name: str, value: Tensor, device: torch.device, owner: str) -> None:
+    """Refuse `value` unless it lives on `device`, the device of `owner` (e.g. "the model", "x")."""
+    if value.device != torch.device(device):
+        raise ValueError(f"{name} is on {value.device} but {owner} is on {device}; move it there with .to({str(device)!r}).")
+
+
+def check_tokens(tokens: object, cfg: object, name: str = "tokens") -> None:
+    """Refuse anything but a [batch pos] integer tensor of ids in [0, cfg.d_vocab) at most cfg.n_ctx long."""
+    check_tensor(name, tokens, "[batch pos]", kind="int")
+    if tokens.shape[1] > cfg.n_ctx:
+        raise ValueError(f"{name} has {tokens.shape[1]} positions, more than the model's n_ctx={cfg.n_ctx}.")
+    low, high = tokens.min().item(), tokens.max().item()
+    if low < 0 or high >= cfg.d_vocab:
+        raise ValueError(f"{name} must hold token ids in [0, {cfg.d_vocab}), got ids from {low} to {high}.")
