@@ -6,10 +6,15 @@ from typing import Any, Callable
 import pytest
 
 
-def assert_names(call: Callable[[], Any], error: type[Exception], name: str) -> None:
-    """`call()` raises `error` whose message mentions `name` and is one sentence (no full stop followed by a capital)."""
-    with pytest.raises(error, match=re.escape(name)) as raised:
-        call()
-    message = str(raised.value).strip("'\"")
+def assert_one_sentence(message: str) -> None:
+    """One sentence: it ends with a full stop, and no full stop inside it is followed by a capital."""
+    message = message.strip("'\"")  # a KeyError's message comes quoted
     assert message.endswith("."), message
     assert not re.search(r"[.!?]\s+[A-Z]", message[:-1]), f"more than one sentence: {message}"
+
+
+def assert_names(call: Callable[[], Any], error: type[Exception], name: str) -> None:
+    """`call()` raises `error` whose message mentions `name`, in one sentence."""
+    with pytest.raises(error, match=re.escape(name)) as raised:
+        call()
+    assert_one_sentence(str(raised.value))
