@@ -18,7 +18,6 @@ much a later head's keys read what an earlier head wrote.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
@@ -34,7 +33,7 @@ from mechlearn.models import model_device
 from mechlearn.patching import run_with_heads_ablated
 from mechlearn.tasks.induction import LabelledTokens
 from mechlearn.train import next_token_loss
-from mechlearn.validation import check_finite, check_same_device, check_tensor, check_tokens, describe, is_int
+from mechlearn.validation import check_finite, check_number, check_same_device, check_tensor, check_tokens, describe, is_int
 
 DEFAULT_THRESHOLD = 0.5
 """A head counts when more than half of its attention goes where the score looks.
@@ -189,13 +188,8 @@ def heads_above(scores: Float[Tensor, "layer head"], threshold: float = DEFAULT_
     """The (layer, head) pairs whose score is at least `threshold`, in order."""
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         raise ValueError(f"scores must be a [layer head] tensor, got {describe(scores)}.")
-    _check_threshold(threshold)
+    check_number("threshold", threshold)
     return [tuple(index) for index in (scores >= threshold).nonzero().tolist()]
-
-
-def _check_threshold(threshold: object) -> None:
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
-        raise TypeError(f"threshold must be a finite number, got {threshold!r}.")
 
 
 def _default_seq_len(model: TransformerBridge, bos: int | None) -> int:
@@ -281,7 +275,7 @@ def loss_on_tokens(
     `mask` marks tokens, not predictions (e.g. `repeated` from `InductionTask.sample_labelled`):
     the prediction of token t is made at t - 1, so this is `next_token_loss` with `mask[:, 1:]`.
     """
-    check_tensor("tokens", tokens, "[batch pos]", kind="int")
+    check_tensor("tokens", tokens, "[batch pos]", kind="integer")
     check_tensor("logits", logits, "[batch pos d_vocab]")
     check_same_device("tokens", tokens, logits.device, "logits")
     if logits.shape[:2] != tokens.shape:
@@ -390,7 +384,7 @@ def induction_circuit_summary(
     `threshold`; each group is zero-ablated together, and every head alone.
     """
     _check_labelled(labelled)
-    _check_threshold(threshold)
+    check_number("threshold", threshold)
     if model.cfg.n_layers != 2:
         raise ValueError(f"induction_circuit_summary reads a 2-layer model; this one has {model.cfg.n_layers} layers.")
     seq_len = _default_seq_len(model, bos) if seq_len is None else seq_len

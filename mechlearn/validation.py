@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -17,11 +19,11 @@ def is_int(value: object) -> bool:
 
 
 def check_tensor(name: str, value: object, shape: str, kind: str = "float") -> None:
-    """Refuse, naming `name`, anything but a non-empty tensor of `kind` ("float", "int" or "bool") with `shape`'s dims.
+    """Refuse, naming `name`, anything but a non-empty tensor of `kind` ("float", "integer" or "bool") with `shape`'s dims.
 
     `shape` spells the dims for the message, e.g. "[batch pos]"; its number of words is the number of dims.
     """
-    dtypes = {"float": lambda t: t.is_floating_point(), "int": _is_int_dtype, "bool": lambda t: t.dtype == torch.bool}
+    dtypes = {"float": lambda t: t.is_floating_point(), "integer": _is_int_dtype, "bool": lambda t: t.dtype == torch.bool}
     error = TypeError if not isinstance(value, Tensor) or not dtypes[kind](value) else ValueError
     if error is TypeError or value.ndim != len(shape.strip("[]").split()) or value.numel() == 0:
         raise error(f"{name} must be a non-empty {kind} tensor of shape {shape}, got {describe(value)}.")
@@ -52,9 +54,16 @@ def check_same_device(name: str, value: Tensor, device: torch.device, owner: str
 
 def check_tokens(tokens: object, cfg: object, name: str = "tokens") -> None:
     """Refuse anything but a [batch pos] integer tensor of ids in [0, cfg.d_vocab) at most cfg.n_ctx long."""
-    check_tensor(name, tokens, "[batch pos]", kind="int")
+    check_tensor(name, tokens, "[batch pos]", kind="integer")
     if tokens.shape[1] > cfg.n_ctx:
         raise ValueError(f"{name} has {tokens.shape[1]} positions, more than the model's n_ctx={cfg.n_ctx}.")
     low, high = tokens.min().item(), tokens.max().item()
     if low < 0 or high >= cfg.d_vocab:
         raise ValueError(f"{name} must hold token ids in [0, {cfg.d_vocab}), got ids from {low} to {high}.")
+
+
+def check_number(name: str, value: object, minimum: float = -math.inf) -> None:
+    """Refuse anything but a finite real number of at least `minimum` (a bool, NaN or inf included)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value >= minimum):
+        bound = "" if minimum == -math.inf else f" of at least {minimum}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.")
