@@ -27,10 +27,11 @@ def check_tensor(name: str, value: object, shape: str, kind: str = "float") -> N
     error = TypeError if not isinstance(value, Tensor) or not dtypes[kind](value) else ValueError
     if error is TypeError or value.ndim != len(shape.strip("[]").split()) or value.numel() == 0:
         raise error(f"{name} must be a non-empty {kind} tensor of shape {shape}, got {describe(value)}.")
-    _check_not_meta(name, value)
+    check_not_meta(name, value)
 
 
-def _check_not_meta(name: str, value: Tensor) -> None:
+def check_not_meta(name: str, value: Tensor) -> None:
+    """Refuse a tensor on the meta device, which has a shape but no values to compute with."""
     if value.is_meta:
         raise ValueError(f"{name} is on the meta device, which holds no values; make it on a real device.")
 
@@ -41,7 +42,7 @@ def _is_int_dtype(value: Tensor) -> bool:
 
 def check_finite(name: str, value: Tensor) -> None:
     """Refuse a tensor holding NaN or inf, naming `name` (one sync: call it once per public call, not per step)."""
-    _check_not_meta(name, value)
+    check_not_meta(name, value)
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or inf; drop those entries (or fix the run that produced them).")
 
