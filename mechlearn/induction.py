@@ -84,6 +84,8 @@ def repeated_random_tokens(
 
 def stack_patterns(cache: ActivationCache) -> Float[Tensor, "layer batch head query_pos key_pos"]:
     """Every layer's `hook_pattern` from a cache, stacked along a new first axis."""
+    if not isinstance(cache, ActivationCache):
+        raise TypeError(f"cache must be the ActivationCache of model.run_with_cache, got {describe(cache)}.")
     n_layers = len([name for name in cache.keys() if name.endswith("attn.hook_pattern")])
     if n_layers == 0:
         raise ValueError("stack_patterns: the cache holds no blocks.{l}.attn.hook_pattern; run_with_cache must keep them.")
@@ -188,6 +190,7 @@ def heads_above(scores: Float[Tensor, "layer head"], threshold: float = DEFAULT_
     """The (layer, head) pairs whose score is at least `threshold`, in order."""
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         raise ValueError(f"scores must be a [layer head] tensor, got {describe(scores)}.")
+    check_finite("scores", scores)  # a NaN score would silently pass as no head
     check_number("threshold", threshold)
     return [tuple(index) for index in (scores >= threshold).nonzero().tolist()]
 
@@ -362,6 +365,7 @@ def first_record_where(history: list[dict[str, float]], key_prefix: str, thresho
     E.g. `first_record_where(card["history"], "induction_score_L1", 0.8)["seconds"]` is how long
     training took to grow a layer-1 head with induction score 0.8.
     """
+    check_number("threshold", threshold)
     for record in history:
         if any(value >= threshold for key, value in record.items() if key.startswith(key_prefix)):
             return record

@@ -4,6 +4,10 @@ import re
 from typing import Any, Callable
 
 import pytest
+import torch
+
+# Tensors on two devices need a second device: these cases run where CUDA is, e.g. in a GPU run of the suite.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for a second device")
 
 
 def assert_one_sentence(message: str) -> None:

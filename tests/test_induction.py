@@ -11,7 +11,7 @@ from mechlearn.handcrafted import induction_circuit_model
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.tasks import InductionTask
 from mechlearn.train import next_token_loss
-from named_errors import assert_names
+from named_errors import assert_names, needs_cuda
 
 N_POS, SEQ_LEN = 9, 4  # [BOS, x1..x4, x1..x4]
 
@@ -320,12 +320,17 @@ def with_nan(weights: torch.Tensor) -> torch.Tensor:
         (lambda: induction.loss_on_tokens(with_nan(LOGITS), TOKENS, MASK), ValueError, "logits"),
         (lambda: induction.loss_on_tokens(LOGITS.to("meta"), TOKENS, MASK), ValueError, "logits"),
         (lambda: induction.training_monitor(TOKENS, 4, 0), TypeError, "labelled"),
+        (lambda: induction.stack_patterns({"blocks.0.attn.hook_pattern": GOOD_PATTERNS[0]}), TypeError, "cache"),
+        (lambda: induction.heads_above(torch.tensor([[math.nan, 0.9]])), ValueError, "scores"),
+        (lambda: induction.first_record_where([{"induction_score_L1H0": 0.9}], "induction_score", "0.8"), ValueError, "threshold"),
+        pytest.param(lambda: induction.loss_on_tokens(LOGITS.cuda(), TOKENS, MASK), ValueError, "tokens", marks=needs_cuda),
     ],
     ids=[
         "bool batch", "float bos", "int patterns", "empty patterns", "NaN patterns", "patterns outside [0, 1]",
         "meta patterns", "float seq_len", "NaN threshold", "string threshold", "int mask", "float tokens",
         "tokens beyond d_vocab", "logits shorter than tokens", "logits without batch", "NaN logits",
-        "meta logits", "tokens for labelled",
+        "meta logits", "tokens for labelled", "a dict for cache", "NaN scores", "a string threshold",
+        "tokens and logits on two devices",
     ],
 )
 def test_bad_argument_is_named(call, error, name) -> None:

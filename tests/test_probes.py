@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from named_errors import assert_one_sentence
+from named_errors import assert_one_sentence, needs_cuda
 from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
@@ -261,6 +261,9 @@ def with_nan_weight(probe: LinearProbe) -> LinearProbe:
         (lambda: ProbeConfig(seed=0.5), ValueError, "ProbeConfig.seed must be an int"),
         (lambda: PROBE(X[:, :8]), ValueError, r"activations must be a tensor of shape \[n 32\]"),
         (lambda: PROBE(X.long()), TypeError, "activations must be a float tensor"),
+        pytest.param(lambda: probe_accuracy(PROBE, X.cuda(), Y.cuda()), ValueError, "activations is on cuda", marks=needs_cuda),
+        pytest.param(lambda: train_probe(X.cuda(), Y, N_CLASSES), ValueError, "labels is on cpu", marks=needs_cuda),
+        pytest.param(lambda: majority_accuracy(Y, Y.cuda(), N_CLASSES), ValueError, "test_labels is on cuda", marks=needs_cuda),
         (lambda: steering_hook(torch.zeros(2, 3, 4), 1.0), TypeError, "direction must be a float tensor"),
         (lambda: steering_hook(torch.zeros(4), math.inf), TypeError, "scale must be a finite number"),
         (lambda: steering_hook(torch.zeros(4), 1.0, positions=torch.tensor([0.5])), TypeError, "positions must be None or an integer tensor"),

@@ -27,7 +27,7 @@ from mechlearn.sae import (
     activation_scale,
 )
 from mechlearn.train import next_token_loss
-from named_errors import assert_names
+from named_errors import assert_names, needs_cuda
 
 DATA = SparseFeatureData(n_features=128, d_model=64, features_per_input=3.0)
 # train_sae normalises the activations to a mean norm of sqrt(d_in), here a factor of about 8.9: these
@@ -641,6 +641,8 @@ def stepped_adam(sae: SAE) -> torch.optim.Adam:
         (lambda: score_latents(X2.abs(), DEAD[:, None], thresholds=()), ValueError, "thresholds"),
         (lambda: score_latents(X2.abs(), DEAD[:, None]).captured(min_f1=math.nan), ValueError, "min_f1"),
         (lambda: SparseFeatureData(n_features=4, d_model=2).sample(3, 0), TypeError, "generator"),
+        pytest.param(lambda: tiny_sae()(X2.cuda()), ValueError, "x", marks=needs_cuda),
+        pytest.param(lambda: mse(X2, X2.cuda()), ValueError, "reconstruction", marks=needs_cuda),
     ],
     ids=[
         "x of another d_in", "x without batch", "int x", "empty x", "meta x", "inf x", "latents of the wrong width",
@@ -648,6 +650,7 @@ def stepped_adam(sae: SAE) -> torch.optim.Adam:
         "float dead", "dead of the wrong length", "an optimizer that never stepped", "meta activations",
         "NaN activations", "meta reconstruction", "meta latents", "no latents to count", "NaN learned", "inf true",
         "NaN latents to score", "a threshold above 1", "no thresholds", "NaN min_f1", "seed for generator",
+        "x on another device", "reconstruction on another device",
     ],
 )
 def test_bad_argument_is_named(call, error, name) -> None:

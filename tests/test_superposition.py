@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from named_errors import assert_names
+from named_errors import assert_names, needs_cuda
 
 from mechlearn.superposition import (
     PHASE_NAMES,
@@ -260,13 +260,15 @@ def with_nan(values: torch.Tensor) -> torch.Tensor:
         (lambda: phase_diagram(torch.ones(1), torch.tensor([0.1]), config=ToyModelConfig(), progress=False), TypeError, "config"),
         (lambda: ToyModel(ToyModelConfig(), seed=0.5), TypeError, "seed"),
         (lambda: train_toy_model(MODEL, torch.tensor(0.1), torch.tensor(-1.0), progress=False), ValueError, "importance"),
+        pytest.param(lambda: MODEL(X.cuda()), ValueError, "features", marks=needs_cuda),
+        pytest.param(lambda: instance_losses(X.cuda(), X, torch.ones(3)), ValueError, "output", marks=needs_cuda),
     ],
     ids=[
         "int features", "features without batch", "meta features", "zero batch_size", "probability above 1",
         "negative probability", "int probability", "seed for generator", "importance of another shape", "NaN importance",
         "output of another batch", "NaN output", "empty batch", "int features in the loss", "NaN W", "meta W",
         "negative threshold", "NaN threshold", "inf importance", "a model config for config", "float seed",
-        "negative importance",
+        "negative importance", "features on another device", "output on another device",
     ],
 )
 def test_bad_argument_is_named(call, error, name) -> None:
