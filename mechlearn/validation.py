@@ -24,9 +24,11 @@ def check_tensor(name: str, value: object, shape: str, kind: str = "float") -> N
     `shape` spells the dims for the message, e.g. "[batch pos]"; its number of words is the number of dims.
     """
     dtypes = {"float": lambda t: t.is_floating_point(), "integer": _is_int_dtype, "bool": lambda t: t.dtype == torch.bool}
-    error = TypeError if not isinstance(value, Tensor) or not dtypes[kind](value) else ValueError
-    if error is TypeError or value.ndim != len(shape.strip("[]").split()) or value.numel() == 0:
-        raise error(f"{name} must be a non-empty {kind} tensor of shape {shape}, got {describe(value)}.")
+    message = f"{name} must be a non-empty {kind} tensor of shape {shape}, got {describe(value)}."
+    if not isinstance(value, Tensor) or not dtypes[kind](value):
+        raise TypeError(message)
+    if value.ndim != len(shape.strip("[]").split()) or value.numel() == 0:
+        raise ValueError(message)
     check_not_meta(name, value)
 
 
