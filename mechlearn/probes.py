@@ -34,7 +34,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
 from mechlearn.patching import HookFn
-from mechlearn.validation import check_finite, check_same_device, check_tokens, describe, is_int
+from mechlearn.validation import check_finite, check_number, check_same_device, check_tokens, describe, is_int
 
 __all__ = [
     "residual_stack",
@@ -111,6 +111,8 @@ class ProbeConfig:
         for name in ("batch_size", "max_epochs", "patience"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        for name in ("lr", "weight_decay", "validation_fraction"):
+            check_number(f"ProbeConfig.{name}", getattr(self, name), minimum=0)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ProbeConfig.lr must be a positive number, got {self.lr}.")
         if not is_int(self.seed):

@@ -146,6 +146,8 @@ class SAEConfig:
         for name in ("d_in", "d_sae", "k", "batch_size", "steps", "dead_window", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SAEConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        for name in ("l1_coefficient", "lr", "lr_decay"):
+            check_number(f"SAEConfig.{name}", getattr(self, name), minimum=0)
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}.")
         if self.dead_remedy not in DEAD_REMEDIES:
@@ -807,6 +809,7 @@ class SparseFeatureData:
         for name in ("n_features", "d_model"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SparseFeatureData.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        check_number("SparseFeatureData.features_per_input", self.features_per_input, minimum=0)
         if not 0 < self.features_per_input <= self.n_features:
             raise ValueError(f"SparseFeatureData.features_per_input must lie in (0, n_features={self.n_features}], got {self.features_per_input}.")
         if not is_int(self.seed):

@@ -182,6 +182,7 @@ class ToyTrainConfig:
         for name in ("steps", "batch_size", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ToyTrainConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
+        check_number("ToyTrainConfig.lr", self.lr, minimum=0)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ToyTrainConfig.lr must be a positive number, got {self.lr}.")
         if not is_int(self.seed):

@@ -259,6 +259,8 @@ def with_nan_weight(probe: LinearProbe) -> LinearProbe:
         (lambda: class_direction(with_nan_weight(PROBE), 0, 0, 1), ValueError, "probe.weight contains NaN or inf"),
         (lambda: steering_hook(torch.full((4,), math.nan), 1.0), ValueError, "direction contains NaN or inf"),
         (lambda: ProbeConfig(seed=0.5), ValueError, "ProbeConfig.seed must be an int"),
+        (lambda: ProbeConfig(lr="fast"), ValueError, "ProbeConfig.lr must be a finite number"),
+        (lambda: ProbeConfig(validation_fraction=math.nan), ValueError, "ProbeConfig.validation_fraction must be a finite number"),
         (lambda: PROBE(X[:, :8]), ValueError, r"activations must be a tensor of shape \[n 32\]"),
         (lambda: PROBE(X.long()), TypeError, "activations must be a float tensor"),
         pytest.param(lambda: probe_accuracy(PROBE, X.cuda(), Y.cuda()), ValueError, "activations is on cuda", marks=needs_cuda),

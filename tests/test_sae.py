@@ -27,7 +27,7 @@ from mechlearn.sae import (
     activation_scale,
 )
 from mechlearn.train import next_token_loss
-from named_errors import assert_names, needs_cuda
+from named_errors import assert_names, assert_one_sentence, needs_cuda
 
 DATA = SparseFeatureData(n_features=128, d_model=64, features_per_input=3.0)
 # train_sae normalises the activations to a mean norm of sqrt(d_in), here a factor of about 8.9: these
@@ -83,6 +83,8 @@ def killed(config: SAEConfig) -> SAE:
     [
         (dict(d_in=0), "d_in"),
         (dict(d_sae=True), "d_sae"),
+        (dict(lr="1e-3"), "SAEConfig.lr must be a finite number"),
+        (dict(l1_coefficient=math.nan), "SAEConfig.l1_coefficient must be a finite number"),
         (dict(kind="gated"), "kind"),
         (dict(kind="topk", k=200), "cannot exceed d_sae"),
         (dict(dead_remedy="aux_k"), "dead_remedy"),
@@ -96,8 +98,9 @@ def killed(config: SAEConfig) -> SAE:
     ],
 )
 def test_config_rejects_bad_fields(fields, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         SAEConfig(**{"d_in": 8, "d_sae": 16, **fields})
+    assert_one_sentence(str(raised.value))
 
 
 def test_init_is_seeded_with_unit_decoder_rows_and_a_tied_encoder() -> None:
@@ -529,11 +532,17 @@ def test_sparse_feature_data_are_sparse_non_negative_combinations_of_a_seeded_di
 @pytest.mark.bad_input
 @pytest.mark.parametrize(
     "fields, message",
-    [(dict(n_features=0), "n_features"), (dict(d_model=-1), "d_model"), (dict(features_per_input=200.0), "features_per_input")],
+    [
+        (dict(n_features=0), "n_features"),
+        (dict(d_model=-1), "d_model"),
+        (dict(features_per_input=200.0), "features_per_input"),
+        (dict(features_per_input="3"), "SparseFeatureData.features_per_input must be a finite number"),
+    ],
 )
 def test_sparse_feature_data_rejects_bad_fields(fields, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         SparseFeatureData(**fields)
+    assert_one_sentence(str(raised.value))
 
 
 # --- scoring latents against known properties ------------------------------------------------

@@ -260,6 +260,7 @@ def with_nan(values: torch.Tensor) -> torch.Tensor:
         (lambda: phase_diagram(torch.ones(1), torch.tensor([0.1]), config=ToyModelConfig(), progress=False), TypeError, "config"),
         (lambda: ToyModel(ToyModelConfig(), seed=0.5), TypeError, "seed"),
         (lambda: train_toy_model(MODEL, torch.tensor(0.1), torch.tensor(-1.0), progress=False), ValueError, "importance"),
+        (lambda: ToyTrainConfig(lr=None), ValueError, "ToyTrainConfig.lr"),
         pytest.param(lambda: MODEL(X.cuda()), ValueError, "features", marks=needs_cuda),
         pytest.param(lambda: instance_losses(X.cuda(), X, torch.ones(3)), ValueError, "output", marks=needs_cuda),
     ],
@@ -268,7 +269,7 @@ def with_nan(values: torch.Tensor) -> torch.Tensor:
         "negative probability", "int probability", "seed for generator", "importance of another shape", "NaN importance",
         "output of another batch", "NaN output", "empty batch", "int features in the loss", "NaN W", "meta W",
         "negative threshold", "NaN threshold", "inf importance", "a model config for config", "float seed",
-        "negative importance", "features on another device", "output on another device",
+        "negative importance", "no lr", "features on another device", "output on another device",
     ],
 )
 def test_bad_argument_is_named(call, error, name) -> None:
