@@ -18,7 +18,7 @@ from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn.validation import check_finite, check_tokens, describe, is_int
+from mechlearn.validation import check_finite, check_token_ids, describe, is_int
 
 __all__ = [
     "head_outputs",
@@ -89,7 +89,7 @@ def _check_stream(name: str, value: object, model: TransformerBridge) -> None:
     """Refuse anything but a finite float tensor [... batch pos d_model] in the model's d_model."""
     if not isinstance(value, Tensor) or not value.is_floating_point() or value.ndim < 3 or value.shape[-1] != model.cfg.d_model:
         raise ValueError(f"{name} must be a float tensor of shape [... batch pos {model.cfg.d_model}] (d_model last), got {describe(value)}.")
-    check_finite(name, value)
+    check_finite(value, name)
 
 
 def apply_final_ln(
@@ -156,7 +156,7 @@ def logit_attribution(
     add up to the model's logit of the correct token.
     """
     _check_stream("components", components, model)
-    check_tokens(tokens, model.cfg)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     if tokens.shape != components.shape[-3:-1]:
         raise ValueError(
             f"tokens has shape {tuple(tokens.shape)}, but the components have batch and pos sizes "

@@ -33,7 +33,7 @@ from mechlearn.models import model_device
 from mechlearn.patching import run_with_heads_ablated
 from mechlearn.tasks.induction import LabelledTokens
 from mechlearn.train import next_token_loss
-from mechlearn.validation import check_finite, check_number, check_same_device, check_tensor, check_tokens, describe, is_int
+from mechlearn.validation import check_finite, check_number, check_same_device, check_tensor, check_token_ids, describe, is_int
 
 DEFAULT_THRESHOLD = 0.5
 """A head counts when more than half of its attention goes where the score looks.
@@ -125,7 +125,7 @@ def _as_patterns(patterns: Float[Tensor, "layer batch head query_pos key_pos"] |
         )
     if patterns.shape[-1] != patterns.shape[-2]:
         raise ValueError(f"patterns must be square in query_pos and key_pos, got {tuple(patterns.shape)}.")
-    check_finite("patterns", patterns)
+    check_finite(patterns, "patterns")
     # Attention weights are probabilities; a little slack for a softmax's rounding.
     if ((patterns < 0) | (patterns > 1 + 1e-4)).any():
         raise ValueError("patterns must be attention weights in [0, 1]; pass hook_pattern, not hook_attn_scores.")
@@ -190,8 +190,8 @@ def heads_above(scores: Float[Tensor, "layer head"], threshold: float = DEFAULT_
     """The (layer, head) pairs whose score is at least `threshold`, in order."""
     if not isinstance(scores, Tensor) or scores.ndim != 2:
         raise ValueError(f"scores must be a [layer head] tensor, got {describe(scores)}.")
-    check_finite("scores", scores)  # a NaN score would silently pass as no head
-    check_number("threshold", threshold)
+    check_finite(scores, "scores")  # a NaN score would silently pass as no head
+    check_number(threshold, "threshold")
     return [tuple(index) for index in (scores >= threshold).nonzero().tolist()]
 
 
@@ -278,14 +278,12 @@ def loss_on_tokens(
     `mask` marks tokens, not predictions (e.g. `repeated` from `InductionTask.sample_labelled`):
     the prediction of token t is made at t - 1, so this is `next_token_loss` with `mask[:, 1:]`.
     """
-    check_tensor("tokens", tokens, "[batch pos]", kind="integer")
-    check_tensor("logits", logits, "[batch pos d_vocab]")
-    check_same_device("tokens", tokens, logits.device, "logits")
+    check_tensor(logits, "logits", 3, floating=True)
+    check_token_ids(tokens, "tokens", d_vocab=logits.shape[-1])
+    check_same_device("tokens", tokens, "logits", logits)
     if logits.shape[:2] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must have the batch and pos sizes of tokens {tuple(tokens.shape)}.")
-    check_finite("logits", logits)
-    if tokens.min() < 0 or tokens.max() >= logits.shape[-1]:
-        raise ValueError(f"tokens must hold ids in [0, {logits.shape[-1]}), the logits' d_vocab.")
+    check_finite(logits, "logits")
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, got {describe(mask)}.")
     if mask.shape != tokens.shape:
@@ -302,7 +300,7 @@ def ablation_cost(
     model: TransformerBridge, tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"], heads: list[Head]
 ) -> float:
     """How much the loss on the `mask`ed tokens rises (nats) when `heads` are zero-ablated together."""
-    check_tokens(tokens, model.cfg)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     tokens = tokens.to(model_device(model))
     clean = loss_on_tokens(model(tokens), tokens, mask)
     ablated = loss_on_tokens(run_with_heads_ablated(model, tokens, heads), tokens, mask)
@@ -365,7 +363,7 @@ def first_record_where(history: list[dict[str, float]], key_prefix: str, thresho
     E.g. `first_record_where(card["history"], "induction_score_L1", 0.8)["seconds"]` is how long
     training took to grow a layer-1 head with induction score 0.8.
     """
-    check_number("threshold", threshold)
+    check_number(threshold, "threshold")
     for record in history:
         if any(value >= threshold for key, value in record.items() if key.startswith(key_prefix)):
             return record
@@ -388,7 +386,7 @@ def induction_circuit_summary(
     `threshold`; each group is zero-ablated together, and every head alone.
     """
     _check_labelled(labelled)
-    check_number("threshold", threshold)
+    check_number(threshold, "threshold")
     if model.cfg.n_layers != 2:
         raise ValueError(f"induction_circuit_summary reads a 2-layer model; this one has {model.cfg.n_layers} layers.")
     seq_len = _default_seq_len(model, bos) if seq_len is None else seq_len

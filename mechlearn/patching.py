@@ -23,7 +23,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.models import model_device
 from mechlearn.train import next_token_loss
-from mechlearn.validation import check_finite, check_tensor, check_tokens, describe
+from mechlearn.validation import check_finite, check_tensor, check_token_ids, describe
 
 __all__ = [
     "HookFn",
@@ -78,8 +78,10 @@ def mean_ablate_head_hook(head: int, mean_z: Float[Tensor, "pos head d_head"]) -
     layers after it see an activation of the usual size.
     """
     _check_index("head", head)
-    check_tensor("mean_z", mean_z, "[pos head d_head]")
-    check_finite("mean_z", mean_z)
+    if not isinstance(mean_z, Tensor) or mean_z.ndim != 3:
+        raise ValueError(f"mean_z must be a tensor of shape [pos head d_head], got {describe(mean_z)}.")
+    check_tensor(mean_z, "mean_z", 3, floating=True)
+    check_finite(mean_z, "mean_z")
 
     def hook(z: Float[Tensor, "batch pos head d_head"], hook: HookPoint) -> Float[Tensor, "batch pos head d_head"]:
         _check_head_in(z, head)
@@ -106,7 +108,7 @@ def patch_position_hook(pos: int, source_activation: Float[Tensor, "batch source
         raise ValueError(
             f"source_activation must be a float tensor of shape [batch pos ...] that reaches position {pos}, got {describe(source_activation)}."
         )
-    check_finite("source_activation", source_activation)
+    check_finite(source_activation, "source_activation")
 
     def hook(activation: Float[Tensor, "batch pos ..."], hook: HookPoint) -> Float[Tensor, "batch pos ..."]:
         if source_activation.shape[0] != activation.shape[0] or source_activation.shape[2:] != activation.shape[2:]:
@@ -155,7 +157,7 @@ def head_ablation_hooks(
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}.")
     _check_heads(model, heads)
-    check_tokens(tokens, model.cfg)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     tokens = tokens.to(model_device(model))
     if mode == "zero":
         return [(f"blocks.{layer}.attn.hook_z", zero_ablate_head_hook(head)) for layer, head in heads]
@@ -192,7 +194,7 @@ def loss_with_heads_ablated(
     and the difference is what the heads were worth. For the loss at each position, take
     the logits from `run_with_heads_ablated` instead.
     """
-    check_tokens(tokens, model.cfg)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     n_predictions = tokens.shape[1] - 1
     if n_predictions == 0:
         raise ValueError("tokens must have at least 2 positions, or there is no next token to predict.")

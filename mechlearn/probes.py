@@ -34,7 +34,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
 from mechlearn.patching import HookFn
-from mechlearn.validation import check_finite, check_number, check_same_device, check_tokens, describe, is_int
+from mechlearn.validation import check_finite, check_number, check_same_device, check_token_ids, describe, is_int
 
 __all__ = [
     "residual_stack",
@@ -60,7 +60,7 @@ def _check_activations(name: str, activations: object, ndim: int = 2) -> None:
         raise TypeError(f"{name} must be a float tensor of shape {shape}, got {describe(activations)}.")
     if activations.numel() == 0:
         raise ValueError(f"{name} is empty ({describe(activations)}), so there is nothing to probe.")
-    check_finite(name, activations)
+    check_finite(activations, name)
 
 
 def _check_labels(name: str, labels: object, n_rows: int | None, n_classes: int) -> None:
@@ -87,7 +87,9 @@ def residual_stack(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"]) -> 
     `blocks.{n_layers - 1}.hook_resid_post`, the stream the unembedding reads. The result
     stays on the model's device; for many games, call it on chunks and move each to the CPU.
     """
-    check_tokens(tokens, model.cfg)
+    if not _is_int_tensor(tokens) or tokens.ndim != 2:
+        raise TypeError(f"tokens must be an integer tensor of shape [batch pos], got {describe(tokens)}.")
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     tokens = tokens.to(next(model.parameters()).device)
     n_layers = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
@@ -112,7 +114,7 @@ class ProbeConfig:
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
         for name in ("lr", "weight_decay", "validation_fraction"):
-            check_number(f"ProbeConfig.{name}", getattr(self, name), minimum=0)
+            check_number(getattr(self, name), f"ProbeConfig.{name}", minimum=0)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ProbeConfig.lr must be a positive number, got {self.lr}.")
         if not is_int(self.seed):
@@ -182,7 +184,7 @@ def train_probe(
     _check_labels("labels", labels, activations.shape[0], n_classes)
     if not isinstance(config, ProbeConfig):
         raise TypeError(f"config must be a ProbeConfig, got {type(config).__name__}.")
-    check_same_device("labels", labels, activations.device, "activations")
+    check_same_device("labels", labels, "activations", activations)
     activations = activations.float()  # the probe's dtype: float64 (or half) activations are cast, not refused
     # Adam's steps have a fixed size in weight units, so train on centred activations of unit RMS
     # (the same lr then suits every layer) and fold the shift and scale into the weights at the end.
@@ -225,8 +227,8 @@ def _check_probe_inputs(probe: object, activations: object, labels: object) -> N
     _check_activations("activations", activations)
     d_model, n_targets, n_classes = probe.weight.shape
     _check_labels("labels", labels, activations.shape[0], n_classes)
-    check_same_device("activations", activations, probe.weight.device, "the probe")
-    check_same_device("labels", labels, probe.weight.device, "the probe")
+    check_same_device("activations", activations, "the probe", probe.weight)
+    check_same_device("labels", labels, "the probe", probe.weight)
     if activations.shape[1] != d_model or labels.shape[1] != n_targets:
         raise ValueError(
             f"The probe reads d_model={d_model} and predicts {n_targets} targets, but the activations have "
@@ -251,7 +253,7 @@ def majority_accuracy(
     _check_n_classes(n_classes)
     _check_labels("train_labels", train_labels, None, n_classes)
     _check_labels("test_labels", test_labels, None, n_classes)
-    check_same_device("test_labels", test_labels, train_labels.device, "train_labels")
+    check_same_device("test_labels", test_labels, "train_labels", train_labels)
     if train_labels.shape[1] != test_labels.shape[1] or len(train_labels) == 0:
         raise ValueError(
             f"train_labels ({tuple(train_labels.shape)}) and test_labels ({tuple(test_labels.shape)}) "
@@ -319,7 +321,7 @@ def class_direction(probe: LinearProbe, target: int, from_class: int, to_class: 
     if not isinstance(probe, LinearProbe):
         raise TypeError(f"probe must be a LinearProbe, got {type(probe).__name__}.")
     _, n_targets, n_classes = probe.weight.shape
-    check_finite("probe.weight", probe.weight)
+    check_finite(probe.weight, "probe.weight")
     if not is_int(target) or not 0 <= target < n_targets:
         raise ValueError(f"target must be an int in [0, {n_targets}), got {target!r}.")
     for name, value in (("from_class", from_class), ("to_class", to_class)):
@@ -350,7 +352,7 @@ def steering_hook(
     """
     if not isinstance(direction, Tensor) or direction.ndim not in (1, 2) or not direction.dtype.is_floating_point:
         raise TypeError(f"direction must be a float tensor of shape [d_model] or [batch d_model], got {describe(direction)}.")
-    check_finite("direction", direction)
+    check_finite(direction, "direction")
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite number, got {scale!r}.")
     if positions is not None and (not _is_int_tensor(positions) or positions.ndim not in (1, 2)):

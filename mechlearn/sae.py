@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
-from mechlearn.validation import check_finite, check_not_meta, check_number, check_same_device, check_tokens, describe, is_int
+from mechlearn.validation import check_finite, check_not_meta, check_number, check_same_device, check_token_ids, describe, is_int
 
 __all__ = [
     "SAEConfig",
@@ -147,7 +147,7 @@ class SAEConfig:
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SAEConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
         for name in ("l1_coefficient", "lr", "lr_decay"):
-            check_number(f"SAEConfig.{name}", getattr(self, name), minimum=0)
+            check_number(getattr(self, name), f"SAEConfig.{name}", minimum=0)
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}.")
         if self.dead_remedy not in DEAD_REMEDIES:
@@ -199,7 +199,7 @@ class SAE(torch.nn.Module):
     def _checked(self, name: str, x: object, width_name: str) -> Float[Tensor, "batch width"]:
         """`x` in the SAE's dtype, once it is a finite [batch width] float tensor on the SAE's device."""
         _check_activations(name, x, getattr(self.config, width_name), width_name)
-        check_same_device(name, x, self.W_enc.device, "the SAE")
+        check_same_device(name, x, "the SAE", self.W_enc)
         return x.to(self.W_enc.dtype)  # float64 (or half) inputs are cast, not refused
 
     def _encoder_bias(self) -> Float[Tensor, "d_sae"]:
@@ -247,13 +247,13 @@ def _check_sae(sae: object) -> None:
                 f"sae.{name} has shape {tuple(parameter.shape)} but sae.config (d_in={d_in}, d_sae={d_sae}) says {shape}: "
                 "load a checkpoint into an SAE made with its own config."
             )
-        check_finite(f"sae.{name}", parameter.detach())
+        check_finite(parameter.detach(), f"sae.{name}")
 
 
 def _check_activations(name: str, x: object, width: int, width_name: str = "d_in") -> None:
     if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point or x.shape[1] != width or len(x) == 0:
         raise ValueError(f"{name} must be a non-empty float tensor of shape [n {width}] (the SAE's {width_name}), got {describe(x)}.")
-    check_not_meta(name, x)
+    check_not_meta(x, name)
     # A sum is finite iff every entry is, unless it overflows; it is ten times faster than isfinite(x).all().
     if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
@@ -469,7 +469,7 @@ def activation_scale(activations: Float[Tensor, "n d_in"]) -> float:
     """
     if not isinstance(activations, Tensor) or activations.ndim != 2 or not activations.dtype.is_floating_point or len(activations) == 0:
         raise ValueError(f"activations must be a non-empty float tensor of shape [n d_in], got {describe(activations)}.")
-    check_not_meta("activations", activations)
+    check_not_meta(activations, "activations")
     # In float64: the norms of large float32 activations can overflow float32.
     mean_norm = torch.linalg.vector_norm(activations, dim=1, dtype=torch.float64).mean().item()
     if not 0 < mean_norm < math.inf:
@@ -586,18 +586,18 @@ def _check_pair(x: object, reconstruction: object) -> None:
     for name, value in (("x", x), ("reconstruction", reconstruction)):
         if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
             raise ValueError(f"{name} must be a non-empty float tensor of shape [batch d_in], got {describe(value)}.")
-        check_not_meta(name, value)
+        check_not_meta(value, name)
         if not torch.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or inf, so no error measured on it would mean anything.")
     if x.shape != reconstruction.shape:
         raise ValueError(f"x {tuple(x.shape)} and reconstruction {tuple(reconstruction.shape)} must have the same shape.")
-    check_same_device("reconstruction", reconstruction, x.device, "x")
+    check_same_device("reconstruction", reconstruction, "x", x)
 
 
 def _check_latents(latents: object) -> None:
     if not isinstance(latents, Tensor) or latents.ndim != 2 or not latents.dtype.is_floating_point or len(latents) == 0:
         raise ValueError(f"latents must be a non-empty float tensor of shape [n d_sae], got {describe(latents)}.")
-    check_not_meta("latents", latents)
+    check_not_meta(latents, "latents")
     if torch.isnan(latents).any():
         raise ValueError("latents contain NaN, which is neither active nor silent; check the SAE's weights and inputs.")
 
@@ -661,7 +661,7 @@ def mmcs(learned: Float[Tensor, "d_sae d_in"], true: Float[Tensor, "n_true d_in"
     for name, value in (("learned", learned), ("true", true)):
         if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
             raise ValueError(f"{name} must be a non-empty float tensor of shape [n d_in], got {describe(value)}.")
-        check_finite(name, value.detach())
+        check_finite(value.detach(), name)
     if learned.shape[1] != true.shape[1]:
         raise ValueError(f"learned has d_in={learned.shape[1]} but true has d_in={true.shape[1]}: compare directions in the same space.")
     cosines = F.normalize(true, dim=1) @ F.normalize(learned.to(true), dim=1).T  # [n_true d_sae]
@@ -699,7 +699,7 @@ def loss_recovered(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], hoo
     spliced loss itself (`splice_hook`).
     """
     _check_sae(sae)
-    check_tokens(tokens, model.cfg)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     if hook_name not in model.hook_dict:
         raise ValueError(f"hook_name {hook_name!r} is not a hook point of the model; e.g. 'blocks.0.hook_resid_pre' is.")
     if not callable(loss_fn):
@@ -750,7 +750,7 @@ class LatentScores(NamedTuple):
 
     def captured(self, min_f1: float = 0.8) -> Bool[Tensor, "prop"]:
         """Which properties some latent detects with an F1 of at least `min_f1`."""
-        check_number("min_f1", min_f1, minimum=0)
+        check_number(min_f1, "min_f1", minimum=0)
         return self.best().f1 >= min_f1
 
 
@@ -809,7 +809,7 @@ class SparseFeatureData:
         for name in ("n_features", "d_model"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SparseFeatureData.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
-        check_number("SparseFeatureData.features_per_input", self.features_per_input, minimum=0)
+        check_number(self.features_per_input, "SparseFeatureData.features_per_input", minimum=0)
         if not 0 < self.features_per_input <= self.n_features:
             raise ValueError(f"SparseFeatureData.features_per_input must lie in (0, n_features={self.n_features}], got {self.features_per_input}.")
         if not is_int(self.seed):

@@ -86,7 +86,7 @@ class ToyModel(torch.nn.Module):
                              f"got {describe(features)}.")
         if not features.is_floating_point():
             raise TypeError(f"features must be a float tensor, got {describe(features)}.")
-        check_same_device("features", features, self.W.device, "the model")
+        check_same_device("features", features, "the model", self.W)
         hidden = einops.einsum(features.to(self.W.dtype), self.W, "batch instance feature, instance hidden feature -> batch instance hidden")
         out = einops.einsum(hidden, self.W, "batch instance hidden, instance hidden feature -> batch instance feature")
         return F.relu(out + self.b_final)
@@ -135,15 +135,15 @@ def instance_losses(
 
 
 def _check_loss_inputs(output: object, features: object, importance: object) -> None:
-    check_tensor("features", features, "[batch instance feature]")
-    check_tensor("output", output, "[batch instance feature]")
+    check_tensor(features, "features", 3, floating=True)
+    check_tensor(output, "output", 3, floating=True)
     if output.shape != features.shape:
         raise ValueError(f"output {tuple(output.shape)} and features {tuple(features.shape)} must have the same shape.")
-    check_same_device("output", output, features.device, "features")
+    check_same_device("output", output, "features", features)
     importance = _broadcast("importance", importance, tuple(features.shape[1:]))
-    check_same_device("importance", importance, features.device, "features")
+    check_same_device("importance", importance, "features", features)
     for name, value in (("output", output), ("features", features), ("importance", importance)):
-        check_finite(name, value)
+        check_finite(value, name)
 
 
 def _instance_losses(
@@ -182,7 +182,7 @@ class ToyTrainConfig:
         for name in ("steps", "batch_size", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ToyTrainConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
-        check_number("ToyTrainConfig.lr", self.lr, minimum=0)
+        check_number(self.lr, "ToyTrainConfig.lr", minimum=0)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ToyTrainConfig.lr must be a positive number, got {self.lr}.")
         if not is_int(self.seed):
@@ -252,7 +252,7 @@ def train_toy_model(
 def _check_W(W: object) -> None:
     if not isinstance(W, Tensor) or W.ndim != 3 or not W.dtype.is_floating_point:
         raise TypeError(f"W must be a float tensor of shape [instance hidden feature] (a ToyModel's W), got {describe(W)}.")
-    check_finite("W", W)
+    check_finite(W, "W")
 
 
 def represented(W: Float[Tensor, "instance hidden feature"], threshold: float = 0.5) -> Bool[Tensor, "instance feature"]:
@@ -262,7 +262,7 @@ def represented(W: Float[Tensor, "instance hidden feature"], threshold: float = 
     one has W[:, i] near 0.
     """
     _check_W(W)
-    check_number("threshold", threshold, minimum=0)
+    check_number(threshold, "threshold", minimum=0)
     return torch.linalg.vector_norm(W.detach(), dim=1) > threshold
 
 
@@ -347,7 +347,7 @@ def phase_diagram(
         raise ValueError(f"restarts must be a positive int, got {restarts!r}.")
     if not isinstance(config, ToyTrainConfig):
         raise TypeError(f"config must be a ToyTrainConfig, got {type(config).__name__}.")
-    check_number("threshold", threshold, minimum=0)
+    check_number(threshold, "threshold", minimum=0)
     n_r, n_d = len(relative_importance), len(feature_density)
     device = relative_importance.device
     # Instances are laid out (restart r d): restart-major, so each restart is one copy of the grid.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -18,55 +19,72 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_tensor(name: str, value: object, shape: str, kind: str = "float") -> None:
-    """Refuse, naming `name`, anything but a non-empty tensor of `kind` ("float", "integer" or "bool") with `shape`'s dims.
-
-    `shape` spells the dims for the message, e.g. "[batch pos]"; its number of words is the number of dims.
-    """
-    dtypes = {"float": lambda t: t.is_floating_point(), "integer": _is_int_dtype, "bool": lambda t: t.dtype == torch.bool}
-    message = f"{name} must be a non-empty {kind} tensor of shape {shape}, got {describe(value)}."
-    if not isinstance(value, Tensor) or not dtypes[kind](value):
-        raise TypeError(message)
-    if value.ndim != len(shape.strip("[]").split()) or value.numel() == 0:
-        raise ValueError(message)
-    check_not_meta(name, value)
+def is_number(value: object) -> bool:
+    """A real number (NumPy's included) and not a bool: what a rate, a temperature or a fraction may be."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_not_meta(name: str, value: Tensor) -> None:
-    """Refuse a tensor on the meta device, which has a shape but no values to compute with."""
+def check_positive_int(value: object, name: str) -> None:
+    """Refuse anything but an int >= 1 (a size or a count), naming `name`."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def check_tensor(value: object, name: str, ndim: int | tuple[int, ...], floating: bool) -> Tensor:
+    """Refuse a non-tensor, a tensor on `meta`, the wrong number of dims, an empty one, or the wrong
+    dtype family (`floating=False`: token ids or other integers; float64 passes where floats are needed)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {describe(value)}.")
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if value.ndim not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got {describe(value)}.")
     if value.is_meta:
-        raise ValueError(f"{name} is on the meta device, which holds no values; make it on a real device.")
+        raise ValueError(f"{name} is on the meta device and holds no values; build it on a real device.")
+    if value.numel() == 0:
+        raise ValueError(f"{name} is empty ({describe(value)}); pass at least one element along every dim.")
+    if value.is_floating_point() != floating:
+        raise TypeError(f"{name} must be {'a float' if floating else 'an integer'} tensor, got {describe(value)}.")
+    return value
 
 
-def _is_int_dtype(value: Tensor) -> bool:
-    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
-
-
-def check_finite(name: str, value: Tensor) -> None:
-    """Refuse a tensor holding NaN or inf, naming `name` (one sync: call it once per public call, not per step)."""
-    check_not_meta(name, value)
+def check_finite(value: Tensor, name: str) -> None:
+    """Refuse NaN or inf, which would only surface later as a nan loss or a plausible wrong number."""
+    check_not_meta(value, name)
     if not torch.isfinite(value).all():
-        raise ValueError(f"{name} contains NaN or inf; drop those entries (or fix the run that produced them).")
+        raise ValueError(f"{name} contains NaN or inf; find where it was produced.")
 
 
-def check_same_device(name: str, value: Tensor, device: torch.device, owner: str) -> None:
-    """Refuse `value` unless it lives on `device`, the device of `owner` (e.g. "the model", "x")."""
-    if value.device != torch.device(device):
-        raise ValueError(f"{name} is on {value.device} but {owner} is on {device}; move it there with .to({str(device)!r}).")
+def check_token_ids(
+    tokens: object, name: str, d_vocab: int | None, n_ctx: int | None = None, ndim: int | tuple[int, ...] = 2
+) -> Tensor:
+    """Token ids a model with `d_vocab` and `n_ctx` can read: integers in [0, d_vocab), at most n_ctx per sequence."""
+    check_tensor(tokens, name, ndim, floating=False)
+    if tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of token ids, got {describe(tokens)}.")
+    if n_ctx is not None and tokens.shape[-1] > n_ctx:
+        raise ValueError(f"{name} has {tokens.shape[-1]} positions, more than the model's n_ctx={n_ctx}; shorten it.")
+    if d_vocab is not None and ((tokens < 0) | (tokens >= d_vocab)).any():
+        raise ValueError(
+            f"{name} must hold token ids in [0, {d_vocab}), got values from {int(tokens.min())} to {int(tokens.max())}."
+        )
+    return tokens
 
 
-def check_tokens(tokens: object, cfg: object, name: str = "tokens") -> None:
-    """Refuse anything but a [batch pos] integer tensor of ids in [0, cfg.d_vocab) at most cfg.n_ctx long."""
-    check_tensor(name, tokens, "[batch pos]", kind="integer")
-    if tokens.shape[1] > cfg.n_ctx:
-        raise ValueError(f"{name} has {tokens.shape[1]} positions, more than the model's n_ctx={cfg.n_ctx}.")
-    low, high = tokens.min().item(), tokens.max().item()
-    if low < 0 or high >= cfg.d_vocab:
-        raise ValueError(f"{name} must hold token ids in [0, {cfg.d_vocab}), got ids from {low} to {high}.")
+def check_same_device(name: str, tensor: Tensor, other_name: str, other: torch.device | Tensor) -> None:
+    """Refuse tensors on different devices, naming both, before torch does so deep inside a kernel."""
+    other_device = other.device if isinstance(other, Tensor) else torch.device(other)
+    if tensor.device != other_device:
+        raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other_device}; move them to one device.")
 
 
-def check_number(name: str, value: object, minimum: float = -math.inf) -> None:
+def check_not_meta(value: Tensor, name: str) -> None:
+    """Refuse a tensor on the meta device, which has a shape but no values to check or compute with."""
+    if value.is_meta:
+        raise ValueError(f"{name} is on the meta device and holds no values; build it on a real device.")
+
+
+def check_number(value: object, name: str, minimum: float = -math.inf) -> None:
     """Refuse anything but a finite real number of at least `minimum` (a bool, NaN or inf included)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value >= minimum):
+    if not is_number(value) or not (math.isfinite(value) and value >= minimum):
         bound = "" if minimum == -math.inf else f" of at least {minimum}"
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.")

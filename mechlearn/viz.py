@@ -52,8 +52,8 @@ def plot_attention_patterns(
     patterns: Float[Tensor, "n_heads query_pos key_pos"], labels: Sequence[str], title: str = "Attention patterns"
 ) -> go.Figure:
     """One heatmap per head: row = the query position, column = the key it attends to."""
-    check_tensor("patterns", patterns, "[n_heads query_pos key_pos]")
-    check_finite("patterns", patterns)
+    check_tensor(patterns, "patterns", 3, floating=True)
+    check_finite(patterns, "patterns")
     n_heads, n_query, n_key = patterns.shape
     if len(labels) != n_key:
         raise ValueError(f"labels has {len(labels)} entries but the patterns have {n_key} key positions.")
@@ -451,7 +451,7 @@ def plot_feature_geometry(
     if not isinstance(W, Tensor) or W.ndim != 3 or W.shape[1] != 2:
         raise ValueError(f"plot_feature_geometry draws a ToyModel's W with n_hidden = 2, shape [instance, 2, feature], "
                          f"got shape {tuple(getattr(W, 'shape', ()))}; plot_interference works for any n_hidden.")
-    check_finite("W", W)
+    check_finite(W, "W")
     if not is_int(columns) or columns < 1:
         raise ValueError(f"columns must be a positive int, got {columns!r}.")
     n_instances, _, n_features = W.shape
@@ -543,9 +543,9 @@ def plot_phase_diagram(
     dropped when it matters less than feature 0 and takes the dimension when it matters more.
     Sparse features (left): both share the dimension in superposition.
     """
-    check_tensor("classes", classes, "[r d]", kind="integer")
+    check_tensor(classes, "classes", 2, floating=False)
     for name, values in (("relative_importance", relative_importance), ("feature_density", feature_density)):
-        check_tensor(name, values, f"[{name[0]}]")
+        check_tensor(values, name, 1, floating=True)
         if not (values > 0).all() or not torch.isfinite(values).all():
             raise ValueError(f"{name} must be positive and finite, for its log axis.")
     if classes.shape != (len(relative_importance), len(feature_density)):
@@ -583,8 +583,8 @@ def plot_feature_dimensionality(
     (triangle), 1/2 (antipodal pair), 2/5 (pentagon), 3/8 (square antiprism). Features the
     model drops sit near 0.
     """
-    check_tensor("dimensionality", dimensionality, "[instance feature]")
-    check_finite("dimensionality", dimensionality)
+    check_tensor(dimensionality, "dimensionality", 2, floating=True)
+    check_finite(dimensionality, "dimensionality")
     n_instances, n_features = dimensionality.shape
     if feature_density.shape != (n_instances,):
         raise ValueError(f"feature_density has shape {tuple(feature_density.shape)}; it needs one density per instance, "
@@ -746,7 +746,7 @@ class FeatureBrowser(widgets.VBox):
         if descriptions is not None and len(descriptions) != d_sae:
             raise ValueError(f"descriptions has {len(descriptions)} lines but there are {d_sae} latents; "
                              "give one each.")
-        check_finite("latents", latents)
+        check_finite(latents, "latents")
         if latents.min() < 0:
             raise ValueError("latents must be non-negative, as an SAE's activations after its ReLU are.")
         if not is_int(n_top) or n_top <= 0:

@@ -1,14 +1,15 @@
 """mechlearn.patching: ablation and patching hooks, and the loss with heads ablated."""
 
 import copy
+import re
 
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn import patching
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.train import next_token_loss
-from named_errors import assert_names
 
 
 @pytest.fixture(autouse=True)
@@ -236,7 +237,7 @@ def test_head_hook_on_the_wrong_hook_point_says_where_it_belongs(model, tokens) 
 
 @pytest.mark.bad_input
 def test_mean_z_of_the_wrong_shape_is_named() -> None:
-    with pytest.raises(ValueError, match=r"mean_z must be a non-empty float tensor of shape \[pos head d_head\]"):
+    with pytest.raises(ValueError, match=r"mean_z must be a tensor of shape \[pos head d_head\]"):
         patching.mean_ablate_head_hook(0, torch.zeros(3, 4))
 
 
@@ -257,7 +258,8 @@ TOKEN_CASES = {
 @pytest.mark.parametrize("bad_tokens", TOKEN_CASES.values(), ids=TOKEN_CASES.keys())
 def test_bad_tokens_are_named(model, function, bad_tokens) -> None:
     error = TypeError if bad_tokens.is_floating_point() else ValueError
-    assert_names(lambda: function(model, bad_tokens, [(0, 0)]), error, "tokens")
+    with raises_one_sentence(error, "tokens"):
+        function(model, bad_tokens, [(0, 0)])
 
 
 @pytest.mark.bad_input
@@ -278,4 +280,5 @@ def test_bad_tokens_are_named(model, function, bad_tokens) -> None:
     ids=["one position", "all-False mask", "one pair, not a list", "a string", "NaN mean", "int mean", "meta mean", "inf source", "int source", "negative pos"],
 )
 def test_bad_argument_is_named(model, tokens, call, error, name) -> None:
-    assert_names(lambda: call(model, tokens), error, name)
+    with raises_one_sentence(error, re.escape(name)):
+        call(model, tokens)

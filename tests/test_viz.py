@@ -1,9 +1,11 @@
 """Figures and explorers build without a browser and show the data they were given."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
-from named_errors import assert_names, assert_one_sentence
+from bad_inputs import raises_one_sentence
 
 from mechlearn import zoo
 from mechlearn.tasks import OthelloTask, SortingTask
@@ -178,14 +180,13 @@ MINE_THEIRS = CLASS_NAMES["mine_theirs"]
         (lambda: plot_board(EMPTY_BOARD, size=-300), "size must be None or the figure's width"),
         (lambda: plot_probe_reading(torch.full((36, 3), float("nan")), MINE_THEIRS), "softmax the probe's logits"),
         (lambda: plot_move_predictions(torch.full((36,), float("nan")), ALL_LEGAL), r"\[0, 1\]"),
-        (lambda: plot_attention_patterns(torch.rand(4, 4), ["a"] * 4), r"patterns must be a non-empty float tensor"),
+        (lambda: plot_attention_patterns(torch.rand(4, 4), ["a"] * 4), "patterns must have 3 dims"),
         (lambda: plot_attention_patterns(torch.full((1, 2, 2), float("nan")), ["a"] * 2), "patterns contains NaN"),
     ],
 )
 def test_board_figures_reject_bad_inputs(plot, message) -> None:
-    with pytest.raises(ValueError, match=message) as raised:
+    with raises_one_sentence(ValueError, message):
         plot()
-    assert_one_sentence(str(raised.value))
 
 
 def test_othello_explorer_follows_its_slider(game) -> None:
@@ -314,7 +315,7 @@ def test_feature_dimensionality_plots_each_feature_against_one_over_density() ->
         (lambda: plot_phase_diagram(torch.full((1, 1), 3), torch.ones(1), torch.ones(1)), "indices into PHASE_NAMES"),
         (lambda: plot_feature_dimensionality(torch.ones(2, 3), torch.ones(3)), "one density per instance"),
         (lambda: plot_feature_dimensionality(torch.ones(2, 3), torch.tensor([0.5, 0.0])), r"feature_density must lie in \(0, 1\]"),
-        (lambda: plot_feature_dimensionality(torch.ones(3), torch.ones(3)), "dimensionality must be a non-empty float tensor"),
+        (lambda: plot_feature_dimensionality(torch.ones(3), torch.ones(3)), "dimensionality must have 2 dims"),
         (lambda: plot_feature_dimensionality(torch.full((2, 3), float("nan")), torch.ones(2)), "dimensionality contains NaN"),
         (lambda: plot_feature_geometry(torch.full((2, 2, 5), float("inf"))), "W contains NaN or inf"),
         (lambda: plot_feature_geometry(TOY_W, columns=0), "columns must be a positive int"),
@@ -324,9 +325,8 @@ def test_feature_dimensionality_plots_each_feature_against_one_over_density() ->
     ],
 )
 def test_superposition_figures_reject_bad_inputs(plot, message) -> None:
-    with pytest.raises(ValueError, match=message) as raised:
+    with raises_one_sentence(ValueError, message):
         plot()
-    assert_one_sentence(str(raised.value))
 
 
 @pytest.mark.bad_input
@@ -340,4 +340,5 @@ def test_superposition_figures_reject_bad_inputs(plot, message) -> None:
     ids=["a dict for history", "float classes", "a list for board"],
 )
 def test_a_wrong_type_is_named(call, name) -> None:
-    assert_names(call, TypeError, name)
+    with raises_one_sentence(TypeError, re.escape(name)):
+        call()

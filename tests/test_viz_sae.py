@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 import torch
-from named_errors import assert_one_sentence
+from bad_inputs import raises_one_sentence
 
 import mechlearn.viz as viz
 from mechlearn.tasks.othello import BLACK, WHITE
@@ -46,9 +46,8 @@ def test_cell_values_take_a_sequential_range_from_the_data_or_the_caller() -> No
     ],
 )
 def test_cell_values_refuse_what_they_cannot_draw(call, message) -> None:
-    with pytest.raises(ValueError, match=message) as raised:
+    with raises_one_sentence(ValueError, message):
         call()
-    assert_one_sentence(str(raised.value))
 
 
 def test_sweep_draws_one_line_per_series_on_a_log_axis_and_marks_the_true_count() -> None:
@@ -154,9 +153,8 @@ def test_browser_buttons_step_through_latents_and_stop_at_the_ends(browser_data)
 def test_browser_names_the_bad_argument(browser_data, change, message) -> None:
     boards, legal, latents, effect, players = browser_data
     arguments = dict(boards=boards, legal=legal, latents=latents, logit_effect=effect, players=players) | change
-    with pytest.raises(ValueError, match=message) as raised:
+    with raises_one_sentence(ValueError, message):
         FeatureBrowser(**arguments)
-    assert_one_sentence(str(raised.value))
 
 
 def test_browser_steps_through_latents_at_full_size(monkeypatch) -> None:
