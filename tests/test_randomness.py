@@ -5,6 +5,7 @@ find, and the chapter's headline passed by construction. These tests prove that 
 in the library is its own, and that the pairs which once coincided no longer do.
 """
 
+import re
 from pathlib import Path
 
 import pytest
