@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
-from mechlearn.validation import check_finite, check_not_meta, check_number, check_same_device, check_token_ids, describe, is_int
+from mechlearn.validation import check_finite, check_not_meta, check_number, check_same_device, check_token_ids, describe, is_int, is_number
 
 __all__ = [
     "SAEConfig",
@@ -770,7 +770,7 @@ def score_latents(
     _check_latents(latents)
     if not isinstance(properties, Tensor) or properties.dtype != torch.bool or properties.ndim != 2 or len(properties) != len(latents):
         raise ValueError(f"properties must be a bool tensor of shape [{len(latents)} prop] (one row per input), got {describe(properties)}.")
-    if not isinstance(thresholds, (tuple, list)) or not thresholds or not all(isinstance(t, (int, float)) and 0 <= t < 1 for t in thresholds):
+    if not isinstance(thresholds, (tuple, list)) or not thresholds or not all(is_number(t) and 0 <= t < 1 for t in thresholds):
         raise ValueError(f"thresholds must be a non-empty tuple of fractions in [0, 1) of each latent's largest activation, got {thresholds!r}.")
     n_true = properties.sum(dim=0)
     if (n_true == 0).any():
