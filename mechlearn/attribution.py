@@ -18,6 +18,8 @@ from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
+from mechlearn.validation import check_finite, check_token_ids, describe, is_int
+
 __all__ = [
     "head_outputs",
     "residual_components",
@@ -30,6 +32,8 @@ __all__ = [
 
 def _cached(cache: ActivationCache, name: str) -> Tensor:
     """`cache[name]`, or a KeyError that says how to get it."""
+    if not isinstance(cache, ActivationCache):
+        raise TypeError(f"cache must be the ActivationCache of model.run_with_cache(tokens), got {describe(cache)}.")
     if name not in cache:
         raise KeyError(
             f"the cache has no {name!r}: run model.run_with_cache(tokens) without a names_filter that drops it."
@@ -38,7 +42,7 @@ def _cached(cache: ActivationCache, name: str) -> Tensor:
 
 
 def _check_layer(model: TransformerBridge, layer: int) -> None:
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < model.cfg.n_layers:
+    if not is_int(layer) or not 0 <= layer < model.cfg.n_layers:
         raise ValueError(f"layer must be an int in [0, {model.cfg.n_layers}), got {layer!r}.")
 
 
@@ -49,6 +53,11 @@ def head_outputs(cache: ActivationCache, model: TransformerBridge, layer: int) -
     """
     _check_layer(model, layer)
     z = _cached(cache, f"blocks.{layer}.attn.hook_z")
+    if z.shape[-2:] != model.W_O.shape[1:3]:
+        raise ValueError(
+            f"cache holds z of shape {tuple(z.shape)}, which does not fit the model's {model.cfg.n_heads} heads of "
+            f"d_head={model.cfg.d_head}: pass the model that made the cache."
+        )
     W_O = model.blocks[layer].attn.W_O
     return einops.einsum(z, W_O, "batch pos head d_head, head d_head d_model -> head batch pos d_model")
 
@@ -76,6 +85,13 @@ def residual_components(
     return torch.stack(components), labels
 
 
+def _check_stream(name: str, value: object, model: TransformerBridge) -> None:
+    """Refuse anything but a finite float tensor [... batch pos d_model] in the model's d_model."""
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.ndim < 3 or value.shape[-1] != model.cfg.d_model:
+        raise ValueError(f"{name} must be a float tensor of shape [... batch pos {model.cfg.d_model}] (d_model last), got {describe(value)}.")
+    check_finite(value, name)
+
+
 def apply_final_ln(
     resid: Float[Tensor, "*component batch pos d_model"],
     cache: ActivationCache,
@@ -90,6 +106,7 @@ def apply_final_ln(
     and add `b` once. Works for every `normalization_type` a toy model may have (LN,
     LNPre, RMS, or none).
     """
+    _check_stream("resid", resid, model)
     normalization = model.cfg.normalization_type
     if normalization is None:
         return resid
@@ -138,13 +155,15 @@ def logit_attribution(
     contributions of all `residual_components`, plus `(ln_final.b @ W_U + b_U)[token]`,
     add up to the model's logit of the correct token.
     """
+    _check_stream("components", components, model)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     if tokens.shape != components.shape[-3:-1]:
         raise ValueError(
             f"tokens has shape {tuple(tokens.shape)}, but the components have batch and pos sizes "
             f"{tuple(components.shape[-3:-1])}: pass the tokens the cache was made from."
         )
     normalised = apply_final_ln(components, cache, model, add_bias=False)[..., :-1, :]
-    correct_directions = einops.rearrange(model.W_U[:, tokens[:, 1:]], "d_model batch pos -> batch pos d_model")
+    correct_directions = einops.rearrange(model.W_U[:, tokens[:, 1:].to(model.W_U.device)], "d_model batch pos -> batch pos d_model")
     return einops.einsum(normalised, correct_directions, "... batch pos d_model, batch pos d_model -> ... batch pos")
 
 

@@ -33,6 +33,7 @@ from mechlearn.models import model_device
 from mechlearn.patching import run_with_heads_ablated
 from mechlearn.tasks.induction import LabelledTokens
 from mechlearn.train import next_token_loss
+from mechlearn.validation import check_finite, check_number, check_same_device, check_tensor, check_token_ids, describe, is_int
 
 DEFAULT_THRESHOLD = 0.5
 """A head counts when more than half of its attention goes where the score looks.
@@ -59,9 +60,9 @@ def repeated_random_tokens(
     split its attention between the matches and score below 1.
     """
     for name, value in (("d_vocab", d_vocab), ("seq_len", seq_len), ("batch", batch)):
-        if not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"repeated_random_tokens: {name} must be a positive int, got {value!r}.")
-    if bos is not None and not 0 <= bos < d_vocab:
+    if bos is not None and not (is_int(bos) and 0 <= bos < d_vocab):
         raise ValueError(f"repeated_random_tokens: bos must be a token id in [0, {d_vocab}), got {bos}.")
     n_choices = d_vocab - (bos is not None)
     if seq_len > n_choices:
@@ -83,6 +84,8 @@ def repeated_random_tokens(
 
 def stack_patterns(cache: ActivationCache) -> Float[Tensor, "layer batch head query_pos key_pos"]:
     """Every layer's `hook_pattern` from a cache, stacked along a new first axis."""
+    if not isinstance(cache, ActivationCache):
+        raise TypeError(f"cache must be the ActivationCache of model.run_with_cache, got {describe(cache)}.")
     n_layers = len([name for name in cache.keys() if name.endswith("attn.hook_pattern")])
     if n_layers == 0:
         raise ValueError("stack_patterns: the cache holds no blocks.{l}.attn.hook_pattern; run_with_cache must keep them.")
@@ -103,6 +106,8 @@ def repeated_tokens_patterns(
 
 
 def _validate_seq_len(model: TransformerBridge, seq_len: int, bos: int | None) -> None:
+    if not is_int(seq_len) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}.")
     length = 2 * seq_len + (bos is not None)
     if length > model.cfg.n_ctx:
         raise ValueError(
@@ -113,14 +118,17 @@ def _validate_seq_len(model: TransformerBridge, seq_len: int, bos: int | None) -
 def _as_patterns(patterns: Float[Tensor, "layer batch head query_pos key_pos"] | ActivationCache) -> Tensor:
     if isinstance(patterns, ActivationCache):
         patterns = stack_patterns(patterns)
-    if not isinstance(patterns, Tensor) or patterns.ndim != 5:
-        shape = tuple(patterns.shape) if isinstance(patterns, Tensor) else type(patterns).__name__
+    if not isinstance(patterns, Tensor) or patterns.ndim != 5 or not patterns.is_floating_point() or patterns.numel() == 0:
         raise ValueError(
-            f"patterns must be an ActivationCache or a tensor [layer batch head query_pos key_pos], got {shape}; "
-            "stack one layer's pattern with pattern[None]."
+            f"patterns must be an ActivationCache or a non-empty float tensor [layer batch head query_pos key_pos], "
+            f"got {describe(patterns)}; stack one layer's pattern with pattern[None]."
         )
     if patterns.shape[-1] != patterns.shape[-2]:
         raise ValueError(f"patterns must be square in query_pos and key_pos, got {tuple(patterns.shape)}.")
+    check_finite(patterns, "patterns")
+    # Attention weights are probabilities; a little slack for a softmax's rounding.
+    if ((patterns < 0) | (patterns > 1 + 1e-4)).any():
+        raise ValueError("patterns must be attention weights in [0, 1]; pass hook_pattern, not hook_attn_scores.")
     return patterns
 
 
@@ -133,7 +141,7 @@ def _mean_on_diagonal(
 
 
 def _validate_repeat(patterns: Tensor, seq_len: int) -> None:
-    if not isinstance(seq_len, int) or seq_len < 1:
+    if not is_int(seq_len) or seq_len < 1:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}.")
     if 2 * seq_len > patterns.shape[-1]:
         raise ValueError(
@@ -181,7 +189,9 @@ def induction_scores(
 def heads_above(scores: Float[Tensor, "layer head"], threshold: float = DEFAULT_THRESHOLD) -> list[Head]:
     """The (layer, head) pairs whose score is at least `threshold`, in order."""
     if not isinstance(scores, Tensor) or scores.ndim != 2:
-        raise ValueError(f"scores must be a [layer head] tensor, got {getattr(scores, 'shape', type(scores).__name__)}.")
+        raise ValueError(f"scores must be a [layer head] tensor, got {describe(scores)}.")
+    check_finite(scores, "scores")  # a NaN score would silently pass as no head
+    check_number(threshold, "threshold")
     return [tuple(index) for index in (scores >= threshold).nonzero().tolist()]
 
 
@@ -240,11 +250,14 @@ def k_composition_scores(
     """
     if model.cfg.n_layers < 2:
         raise ValueError(f"k_composition_scores needs a model with at least 2 layers; this one has {model.cfg.n_layers}.")
-    if not 0 <= earlier_layer < later_layer < model.cfg.n_layers:
+    if not (is_int(earlier_layer) and is_int(later_layer) and 0 <= earlier_layer < later_layer < model.cfg.n_layers):
         raise ValueError(
             f"k_composition_scores needs 0 <= earlier_layer < later_layer < {model.cfg.n_layers}, "
             f"got earlier_layer={earlier_layer}, later_layer={later_layer}."
         )
+    weights = (model.W_V[earlier_layer], model.W_O[earlier_layer], model.W_Q[later_layer], model.W_K[later_layer])
+    if not all(torch.isfinite(weight).all() for weight in weights):
+        raise ValueError("model has NaN or inf in its attention weights, so its composition scores would mean nothing.")
     writes = model.OV[earlier_layer]  # [earlier_head d_model d_model]
     # K-composition: the output of A is read through W_K, i.e. from the right of W_QK.
     keys_read = model.QK[later_layer].T  # [later_head d_model d_model]
@@ -265,6 +278,14 @@ def loss_on_tokens(
     `mask` marks tokens, not predictions (e.g. `repeated` from `InductionTask.sample_labelled`):
     the prediction of token t is made at t - 1, so this is `next_token_loss` with `mask[:, 1:]`.
     """
+    check_tensor(logits, "logits", 3, floating=True)
+    check_token_ids(tokens, "tokens", d_vocab=logits.shape[-1])
+    check_same_device("tokens", tokens, "logits", logits)
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must have the batch and pos sizes of tokens {tuple(tokens.shape)}.")
+    check_finite(logits, "logits")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, got {describe(mask)}.")
     if mask.shape != tokens.shape:
         raise ValueError(f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask.shape)}.")
     if mask[:, 0].any():
@@ -279,6 +300,7 @@ def ablation_cost(
     model: TransformerBridge, tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"], heads: list[Head]
 ) -> float:
     """How much the loss on the `mask`ed tokens rises (nats) when `heads` are zero-ablated together."""
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     tokens = tokens.to(model_device(model))
     clean = loss_on_tokens(model(tokens), tokens, mask)
     ablated = loss_on_tokens(run_with_heads_ablated(model, tokens, heads), tokens, mask)
@@ -301,6 +323,11 @@ def _enumerate_heads(scores: Float[Tensor, "layer head"]) -> list[tuple[Head, fl
     return [((layer, head), scores[layer, head].item()) for layer in range(scores.shape[0]) for head in range(scores.shape[1])]
 
 
+def _check_labelled(labelled: object) -> None:
+    if not isinstance(labelled, LabelledTokens):
+        raise TypeError(f"labelled must be a LabelledTokens (from InductionTask.sample_labelled), got {describe(labelled)}.")
+
+
 def training_monitor(
     labelled: LabelledTokens, seq_len: int, bos: int | None, n_sequences: int = 32, seed: int = 0
 ) -> Callable[[TransformerBridge, Tensor], dict[str, float]]:
@@ -311,6 +338,7 @@ def training_monitor(
     tokens of length `seq_len`, and `seconds` since the monitor was made: make it just
     before training starts.
     """
+    _check_labelled(labelled)
     start = time.perf_counter()
 
     @torch.no_grad()
@@ -335,6 +363,7 @@ def first_record_where(history: list[dict[str, float]], key_prefix: str, thresho
     E.g. `first_record_where(card["history"], "induction_score_L1", 0.8)["seconds"]` is how long
     training took to grow a layer-1 head with induction score 0.8.
     """
+    check_number(threshold, "threshold")
     for record in history:
         if any(value >= threshold for key, value in record.items() if key.startswith(key_prefix)):
             return record
@@ -356,6 +385,8 @@ def induction_circuit_summary(
     previous-token score >= `threshold` and the layer-1 heads with induction score >=
     `threshold`; each group is zero-ablated together, and every head alone.
     """
+    _check_labelled(labelled)
+    check_number(threshold, "threshold")
     if model.cfg.n_layers != 2:
         raise ValueError(f"induction_circuit_summary reads a 2-layer model; this one has {model.cfg.n_layers} layers.")
     seq_len = _default_seq_len(model, bos) if seq_len is None else seq_len

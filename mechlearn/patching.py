@@ -21,7 +21,9 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
+from mechlearn.models import model_device
 from mechlearn.train import next_token_loss
+from mechlearn.validation import check_finite, check_tensor, check_token_ids, describe
 
 __all__ = [
     "HookFn",
@@ -77,8 +79,9 @@ def mean_ablate_head_hook(head: int, mean_z: Float[Tensor, "pos head d_head"]) -
     """
     _check_index("head", head)
     if not isinstance(mean_z, Tensor) or mean_z.ndim != 3:
-        shape = tuple(mean_z.shape) if isinstance(mean_z, Tensor) else type(mean_z).__name__
-        raise ValueError(f"mean_z must be a tensor of shape [pos head d_head], got {shape}.")
+        raise ValueError(f"mean_z must be a tensor of shape [pos head d_head], got {describe(mean_z)}.")
+    check_tensor(mean_z, "mean_z", 3, floating=True)
+    check_finite(mean_z, "mean_z")
 
     def hook(z: Float[Tensor, "batch pos head d_head"], hook: HookPoint) -> Float[Tensor, "batch pos head d_head"]:
         _check_head_in(z, head)
@@ -100,9 +103,12 @@ def patch_position_hook(pos: int, source_activation: Float[Tensor, "batch source
     (say, a prompt and its continuation during generation) as long as both reach `pos`.
     """
     _check_index("pos", pos)
-    if not isinstance(source_activation, Tensor) or source_activation.ndim < 2 or pos >= source_activation.shape[1]:
-        shape = tuple(source_activation.shape) if isinstance(source_activation, Tensor) else type(source_activation).__name__
-        raise ValueError(f"source_activation must be a tensor of shape [batch pos ...] that reaches position {pos}, got {shape}.")
+    fits = isinstance(source_activation, Tensor) and source_activation.is_floating_point() and source_activation.ndim >= 2
+    if not fits or pos >= source_activation.shape[1]:
+        raise ValueError(
+            f"source_activation must be a float tensor of shape [batch pos ...] that reaches position {pos}, got {describe(source_activation)}."
+        )
+    check_finite(source_activation, "source_activation")
 
     def hook(activation: Float[Tensor, "batch pos ..."], hook: HookPoint) -> Float[Tensor, "batch pos ..."]:
         if source_activation.shape[0] != activation.shape[0] or source_activation.shape[2:] != activation.shape[2:]:
@@ -121,6 +127,8 @@ def patch_position_hook(pos: int, source_activation: Float[Tensor, "batch source
 
 def _check_heads(model: TransformerBridge, heads: list[tuple[int, int]]) -> None:
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if not isinstance(heads, (list, tuple)):
+        raise TypeError(f"heads must be a list of (layer, head) pairs, got {describe(heads)}.")
     for entry in heads:
         valid = (
             isinstance(entry, tuple)
@@ -149,6 +157,8 @@ def head_ablation_hooks(
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}.")
     _check_heads(model, heads)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
+    tokens = tokens.to(model_device(model))
     if mode == "zero":
         return [(f"blocks.{layer}.attn.hook_z", zero_ablate_head_hook(head)) for layer, head in heads]
     names = {f"blocks.{layer}.attn.hook_z" for layer, _ in heads}
@@ -167,7 +177,8 @@ def run_with_heads_ablated(
     mode: AblationMode = "zero",
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """The model's logits with every `(layer, head)` in `heads` zero- or mean-ablated."""
-    return model.run_with_hooks(tokens, fwd_hooks=head_ablation_hooks(model, tokens, heads, mode))
+    hooks = head_ablation_hooks(model, tokens, heads, mode)  # checks tokens
+    return model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=hooks)
 
 
 def loss_with_heads_ablated(
@@ -183,11 +194,16 @@ def loss_with_heads_ablated(
     and the difference is what the heads were worth. For the loss at each position, take
     the logits from `run_with_heads_ablated` instead.
     """
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
     n_predictions = tokens.shape[1] - 1
+    if n_predictions == 0:
+        raise ValueError("tokens must have at least 2 positions, or there is no next token to predict.")
     if mask is not None and not (isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == (n_predictions,)):
-        got = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(
             f"mask must be a bool tensor of shape ({n_predictions},), one entry per next-token "
-            f"prediction like task.target_mask; got {got}."
+            f"prediction like task.target_mask; got {describe(mask)}."
         )
+    if mask is not None and not mask.any():
+        raise ValueError("mask selects no predictions, so there is no loss to average.")
+    tokens = tokens.to(model_device(model))
     return next_token_loss(run_with_heads_ablated(model, tokens, heads, mode), tokens, mask)

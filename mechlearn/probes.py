@@ -34,7 +34,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
 from mechlearn.patching import HookFn
-from mechlearn.validation import describe, is_int
+from mechlearn.validation import check_finite, check_number, check_same_device, check_token_ids, describe, is_int
 
 __all__ = [
     "residual_stack",
@@ -58,13 +58,16 @@ def _check_activations(name: str, activations: object, ndim: int = 2) -> None:
     shape = "[n d_model]" if ndim == 2 else "[layer n d_model]"
     if not isinstance(activations, Tensor) or activations.ndim != ndim or not activations.dtype.is_floating_point:
         raise TypeError(f"{name} must be a float tensor of shape {shape}, got {describe(activations)}.")
-    if not torch.isfinite(activations).all():
-        raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
+    if activations.numel() == 0:
+        raise ValueError(f"{name} is empty ({describe(activations)}), so there is nothing to probe.")
+    check_finite(activations, name)
 
 
 def _check_labels(name: str, labels: object, n_rows: int | None, n_classes: int) -> None:
     if not _is_int_tensor(labels) or labels.ndim != 2:
         raise TypeError(f"{name} must be an integer tensor of shape [n target], got {describe(labels)}.")
+    if len(labels) == 0:
+        raise ValueError(f"{name} has no rows, so there is nothing to score.")
     if n_rows is not None and labels.shape[0] != n_rows:
         raise ValueError(f"{name} has {labels.shape[0]} rows but the activations have {n_rows}: give one row of labels per activation.")
     if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
@@ -86,6 +89,8 @@ def residual_stack(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"]) -> 
     """
     if not _is_int_tensor(tokens) or tokens.ndim != 2:
         raise TypeError(f"tokens must be an integer tensor of shape [batch pos], got {describe(tokens)}.")
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
+    tokens = tokens.to(next(model.parameters()).device)
     n_layers = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
@@ -108,8 +113,12 @@ class ProbeConfig:
         for name in ("batch_size", "max_epochs", "patience"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        for name in ("lr", "weight_decay", "validation_fraction"):
+            check_number(getattr(self, name), f"ProbeConfig.{name}", minimum=0)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ProbeConfig.lr must be a positive number, got {self.lr}.")
+        if not is_int(self.seed):
+            raise ValueError(f"ProbeConfig.seed must be an int, got {self.seed!r}.")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"ProbeConfig.weight_decay must be a non-negative number, got {self.weight_decay}.")
         if not 0 < self.validation_fraction < 1:
@@ -133,7 +142,12 @@ class LinearProbe(torch.nn.Module):
         self.validation_losses: list[float] = []
 
     def forward(self, activations: Float[Tensor, "n d_model"]) -> Float[Tensor, "n target n_classes"]:
-        return einops.einsum(activations, self.weight, "n d_model, d_model target c -> n target c") + self.bias
+        # Shape and dtype only: this runs every training step, where a check of the values would wait for the device.
+        if not isinstance(activations, Tensor) or activations.ndim != 2 or activations.shape[1] != len(self.weight):
+            raise ValueError(f"activations must be a tensor of shape [n {len(self.weight)}] (the probe's d_model), got {describe(activations)}.")
+        if not activations.is_floating_point():
+            raise TypeError(f"activations must be a float tensor, got {describe(activations)}.")
+        return einops.einsum(activations.to(self.weight.dtype), self.weight, "n d_model, d_model target c -> n target c") + self.bias
 
 
 def _probe_loss(probe: LinearProbe, activations: Float[Tensor, "n d_model"], labels: Int[Tensor, "n target"]) -> Float[Tensor, ""]:
@@ -170,6 +184,8 @@ def train_probe(
     _check_labels("labels", labels, activations.shape[0], n_classes)
     if not isinstance(config, ProbeConfig):
         raise TypeError(f"config must be a ProbeConfig, got {type(config).__name__}.")
+    check_same_device("labels", labels, "activations", activations)
+    activations = activations.float()  # the probe's dtype: float64 (or half) activations are cast, not refused
     # Adam's steps have a fixed size in weight units, so train on centred activations of unit RMS
     # (the same lr then suits every layer) and fold the shift and scale into the weights at the end.
     mean = activations.mean(dim=0)
@@ -211,6 +227,8 @@ def _check_probe_inputs(probe: object, activations: object, labels: object) -> N
     _check_activations("activations", activations)
     d_model, n_targets, n_classes = probe.weight.shape
     _check_labels("labels", labels, activations.shape[0], n_classes)
+    check_same_device("activations", activations, "the probe", probe.weight)
+    check_same_device("labels", labels, "the probe", probe.weight)
     if activations.shape[1] != d_model or labels.shape[1] != n_targets:
         raise ValueError(
             f"The probe reads d_model={d_model} and predicts {n_targets} targets, but the activations have "
@@ -235,6 +253,7 @@ def majority_accuracy(
     _check_n_classes(n_classes)
     _check_labels("train_labels", train_labels, None, n_classes)
     _check_labels("test_labels", test_labels, None, n_classes)
+    check_same_device("test_labels", test_labels, "train_labels", train_labels)
     if train_labels.shape[1] != test_labels.shape[1] or len(train_labels) == 0:
         raise ValueError(
             f"train_labels ({tuple(train_labels.shape)}) and test_labels ({tuple(test_labels.shape)}) "
@@ -276,6 +295,9 @@ def accuracy_by_layer(
     """Train one probe per layer of `stack_train` and return its test accuracy, averaged over targets."""
     _check_activations("stack_train", stack_train, ndim=3)
     _check_activations("stack_test", stack_test, ndim=3)
+    _check_n_classes(n_classes)
+    _check_labels("labels_train", labels_train, stack_train.shape[1], n_classes)
+    _check_labels("labels_test", labels_test, stack_test.shape[1], n_classes)
     if stack_train.shape[0] != stack_test.shape[0] or stack_train.shape[2] != stack_test.shape[2]:
         raise ValueError(
             f"stack_train {tuple(stack_train.shape)} and stack_test {tuple(stack_test.shape)} must have the same "
@@ -299,6 +321,7 @@ def class_direction(probe: LinearProbe, target: int, from_class: int, to_class: 
     if not isinstance(probe, LinearProbe):
         raise TypeError(f"probe must be a LinearProbe, got {type(probe).__name__}.")
     _, n_targets, n_classes = probe.weight.shape
+    check_finite(probe.weight, "probe.weight")
     if not is_int(target) or not 0 <= target < n_targets:
         raise ValueError(f"target must be an int in [0, {n_targets}), got {target!r}.")
     for name, value in (("from_class", from_class), ("to_class", to_class)):
@@ -329,6 +352,7 @@ def steering_hook(
     """
     if not isinstance(direction, Tensor) or direction.ndim not in (1, 2) or not direction.dtype.is_floating_point:
         raise TypeError(f"direction must be a float tensor of shape [d_model] or [batch d_model], got {describe(direction)}.")
+    check_finite(direction, "direction")
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite number, got {scale!r}.")
     if positions is not None and (not _is_int_tensor(positions) or positions.ndim not in (1, 2)):

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
-from mechlearn.validation import describe, is_int
+from mechlearn.validation import check_finite, check_not_meta, check_number, check_same_device, check_token_ids, describe, is_int, is_number
 
 __all__ = [
     "SAEConfig",
@@ -146,6 +146,8 @@ class SAEConfig:
         for name in ("d_in", "d_sae", "k", "batch_size", "steps", "dead_window", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SAEConfig.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        for name in ("l1_coefficient", "lr", "lr_decay"):
+            check_number(getattr(self, name), f"SAEConfig.{name}", minimum=0)
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}.")
         if self.dead_remedy not in DEAD_REMEDIES:
@@ -192,7 +194,13 @@ class SAE(torch.nn.Module):
 
     def pre_activations(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         """`(x - b_dec) @ W_enc + b_enc`, the encoder's input before its activation function."""
-        return torch.addmm(self._encoder_bias(), x, self.W_enc)
+        return torch.addmm(self._encoder_bias(), self._checked("x", x, "d_in"), self.W_enc)
+
+    def _checked(self, name: str, x: object, width_name: str) -> Float[Tensor, "batch width"]:
+        """`x` in the SAE's dtype, once it is a finite [batch width] float tensor on the SAE's device."""
+        _check_activations(name, x, getattr(self.config, width_name), width_name)
+        check_same_device(name, x, "the SAE", self.W_enc)
+        return x.to(self.W_enc.dtype)  # float64 (or half) inputs are cast, not refused
 
     def _encoder_bias(self) -> Float[Tensor, "d_sae"]:
         # Folding b_dec into the bias gives the same numbers, and spares the backward pass a
@@ -201,7 +209,7 @@ class SAE(torch.nn.Module):
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
         """The latents: the ReLU of the pre-activations, or (TopK) of each row's k largest, the rest set to zero."""
-        pre = self.pre_activations(x)
+        pre = self.pre_activations(x)  # checks x
         if self.config.kind == "relu":
             return pre.relu()
         values, indices = pre.topk(self.config.k, dim=-1, sorted=False)
@@ -209,12 +217,12 @@ class SAE(torch.nn.Module):
 
     def decode(self, latents: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_in"]:
         """`latents @ W_dec + b_dec`."""
-        return torch.addmm(self.b_dec, latents, self.W_dec)
+        return torch.addmm(self.b_dec, self._checked("latents", latents, "d_sae"), self.W_dec)
 
     def forward(self, x: Float[Tensor, "batch d_in"]) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"]]:
         """(reconstruction, latents)."""
-        latents = self.encode(x)
-        return self.decode(latents), latents
+        latents = self.encode(x)  # checks x
+        return torch.addmm(self.b_dec, latents, self.W_dec), latents
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -227,13 +235,25 @@ class SAE(torch.nn.Module):
 
 
 def _check_sae(sae: object) -> None:
+    """An SAE whose parameters have the shapes its config says and hold no NaN or inf."""
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be a mechlearn.sae.SAE, got {type(sae).__name__}.")
+    d_in, d_sae = sae.config.d_in, sae.config.d_sae
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    for name, shape in expected.items():
+        parameter = getattr(sae, name)
+        if tuple(parameter.shape) != shape:
+            raise ValueError(
+                f"sae.{name} has shape {tuple(parameter.shape)} but sae.config (d_in={d_in}, d_sae={d_sae}) says {shape}: "
+                "load a checkpoint into an SAE made with its own config."
+            )
+        check_finite(parameter.detach(), f"sae.{name}")
 
 
-def _check_activations(name: str, x: object, d_in: int) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point or x.shape[1] != d_in or len(x) == 0:
-        raise ValueError(f"{name} must be a non-empty float tensor of shape [n {d_in}] (the SAE's d_in), got {describe(x)}.")
+def _check_activations(name: str, x: object, width: int, width_name: str = "d_in") -> None:
+    if not isinstance(x, Tensor) or x.ndim != 2 or not x.dtype.is_floating_point or x.shape[1] != width or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty float tensor of shape [n {width}] (the SAE's {width_name}), got {describe(x)}.")
+    check_not_meta(x, name)
     # A sum is finite iff every entry is, unless it overflows; it is ten times faster than isfinite(x).all().
     if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf; drop those rows (or fix the run that produced them).")
@@ -386,6 +406,12 @@ def sae_loss(sae: SAE, x: Float[Tensor, "batch d_in"]) -> dict[str, Tensor]:
     - `"activity"` (no gradient): each latent's activation summed over the batch; a latent
       fired on this batch iff its activity is positive.
     """
+    _check_sae(sae)
+    return _sae_loss(sae, sae._checked("x", x, "d_in"))
+
+
+def _sae_loss(sae: SAE, x: Float[Tensor, "batch d_in"]) -> dict[str, Tensor]:
+    """`sae_loss` without its checks, for the training loop (whose inputs `train_sae` checked once)."""
     # The numbers of `reconstruction, latents = sae(x)` and `activity = latents.sum(0)`, in fewer passes.
     inputs = (x, sae.W_enc, sae._encoder_bias(), sae.W_dec, sae.b_dec)
     if sae.config.kind == "topk":
@@ -411,7 +437,12 @@ def resample_dead_latents(
     trains `sae`) forgets their moments. Works with masks of fixed shape, so it never
     waits for the device.
     """
-    reconstruction, _ = sae(x)
+    _check_sae(sae)
+    if not isinstance(dead, Tensor) or dead.dtype != torch.bool or dead.shape != (sae.config.d_sae,):
+        raise ValueError(f"dead must be a bool tensor of shape ({sae.config.d_sae},), one entry per latent, got {describe(dead)}.")
+    if not isinstance(optimizer, torch.optim.Adam) or sae.W_enc not in optimizer.state:
+        raise TypeError(f"optimizer must be the torch.optim.Adam that trains sae, after at least one step, got {describe(optimizer)}.")
+    reconstruction, _ = sae(x)  # checks x
     error = (x - reconstruction).pow(2).sum(dim=-1)
     chosen = torch.multinomial(error.square() + 1e-12, sae.config.d_sae, replacement=True, generator=generator)
     directions = x[chosen] - sae.b_dec
@@ -438,6 +469,7 @@ def activation_scale(activations: Float[Tensor, "n d_in"]) -> float:
     """
     if not isinstance(activations, Tensor) or activations.ndim != 2 or not activations.dtype.is_floating_point or len(activations) == 0:
         raise ValueError(f"activations must be a non-empty float tensor of shape [n d_in], got {describe(activations)}.")
+    check_not_meta(activations, "activations")
     # In float64: the norms of large float32 activations can overflow float32.
     mean_norm = torch.linalg.vector_norm(activations, dim=1, dtype=torch.float64).mean().item()
     if not 0 < mean_norm < math.inf:
@@ -490,7 +522,7 @@ def train_sae(sae: SAE, activations: Float[Tensor, "n d_in"], progress: bool = T
     _check_sae(sae)
     config = sae.config
     _check_activations("activations", activations, config.d_in)
-    activations = activations.to(sae.W_enc.device)
+    activations = activations.to(sae.W_enc.device, sae.W_enc.dtype)  # float64 activations are cast, not refused
     scale = activation_scale(activations) if config.normalize_activations else 1.0
     _scale_biases(sae, scale)  # into the normalised space (a no-op on a fresh SAE: its biases are zero)
     try:
@@ -516,7 +548,7 @@ def _train_scaled(sae: SAE, activations: Float[Tensor, "n d_in"], scale: float, 
         x = activations.index_select(0, rows)  # on the CPU several times faster than activations[rows]
         if scale != 1.0:
             x.mul_(scale)
-        losses = sae_loss(sae, x)
+        losses = _sae_loss(sae, x)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -554,15 +586,18 @@ def _check_pair(x: object, reconstruction: object) -> None:
     for name, value in (("x", x), ("reconstruction", reconstruction)):
         if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
             raise ValueError(f"{name} must be a non-empty float tensor of shape [batch d_in], got {describe(value)}.")
+        check_not_meta(value, name)
         if not torch.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or inf, so no error measured on it would mean anything.")
     if x.shape != reconstruction.shape:
         raise ValueError(f"x {tuple(x.shape)} and reconstruction {tuple(reconstruction.shape)} must have the same shape.")
+    check_same_device("reconstruction", reconstruction, "x", x)
 
 
 def _check_latents(latents: object) -> None:
     if not isinstance(latents, Tensor) or latents.ndim != 2 or not latents.dtype.is_floating_point or len(latents) == 0:
         raise ValueError(f"latents must be a non-empty float tensor of shape [n d_sae], got {describe(latents)}.")
+    check_not_meta(latents, "latents")
     if torch.isnan(latents).any():
         raise ValueError("latents contain NaN, which is neither active nor silent; check the SAE's weights and inputs.")
 
@@ -600,8 +635,8 @@ def window_dead_fraction(steps_since_fired: Int[Tensor, "d_sae"], dead_window: i
     What the trainer logs and resamples. A latent can pass this window on a rare training
     input and still never fire on new data: `held_out_dead_fraction` counts those.
     """
-    if not isinstance(steps_since_fired, Tensor) or steps_since_fired.ndim != 1:
-        raise ValueError(f"steps_since_fired must be a tensor of shape [d_sae], got {describe(steps_since_fired)}.")
+    if not isinstance(steps_since_fired, Tensor) or steps_since_fired.ndim != 1 or len(steps_since_fired) == 0:
+        raise ValueError(f"steps_since_fired must be a non-empty tensor of shape [d_sae], got {describe(steps_since_fired)}.")
     if not is_int(dead_window) or dead_window < 1:
         raise ValueError(f"dead_window must be an int of at least 1, got {dead_window!r}.")
     return (steps_since_fired >= dead_window).float().mean().item()
@@ -626,6 +661,7 @@ def mmcs(learned: Float[Tensor, "d_sae d_in"], true: Float[Tensor, "n_true d_in"
     for name, value in (("learned", learned), ("true", true)):
         if not isinstance(value, Tensor) or value.ndim != 2 or not value.dtype.is_floating_point or len(value) == 0:
             raise ValueError(f"{name} must be a non-empty float tensor of shape [n d_in], got {describe(value)}.")
+        check_finite(value.detach(), name)
     if learned.shape[1] != true.shape[1]:
         raise ValueError(f"learned has d_in={learned.shape[1]} but true has d_in={true.shape[1]}: compare directions in the same space.")
     cosines = F.normalize(true, dim=1) @ F.normalize(learned.to(true), dim=1).T  # [n_true d_sae]
@@ -663,6 +699,12 @@ def loss_recovered(model: torch.nn.Module, tokens: Int[Tensor, "batch pos"], hoo
     spliced loss itself (`splice_hook`).
     """
     _check_sae(sae)
+    check_token_ids(tokens, "tokens", model.cfg.d_vocab, model.cfg.n_ctx)
+    if hook_name not in model.hook_dict:
+        raise ValueError(f"hook_name {hook_name!r} is not a hook point of the model; e.g. 'blocks.0.hook_resid_pre' is.")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function (logits, tokens) -> loss, got {describe(loss_fn)}.")
+    tokens = tokens.to(next(model.parameters()).device)
 
     def zero(activation: Tensor, hook: HookPoint) -> Tensor:
         return torch.zeros_like(activation)
@@ -708,6 +750,7 @@ class LatentScores(NamedTuple):
 
     def captured(self, min_f1: float = 0.8) -> Bool[Tensor, "prop"]:
         """Which properties some latent detects with an F1 of at least `min_f1`."""
+        check_number(min_f1, "min_f1", minimum=0)
         return self.best().f1 >= min_f1
 
 
@@ -724,10 +767,11 @@ def score_latents(
     holds) equally. On a board game the properties are the true board state ("C3 is mine"),
     so the scores say how much of the board the SAE's latents find.
     """
-    if not isinstance(latents, Tensor) or latents.ndim != 2 or not latents.dtype.is_floating_point:
-        raise ValueError(f"latents must be a float tensor of shape [n d_sae], got {describe(latents)}.")
+    _check_latents(latents)
     if not isinstance(properties, Tensor) or properties.dtype != torch.bool or properties.ndim != 2 or len(properties) != len(latents):
         raise ValueError(f"properties must be a bool tensor of shape [{len(latents)} prop] (one row per input), got {describe(properties)}.")
+    if not isinstance(thresholds, (tuple, list)) or not thresholds or not all(is_number(t) and 0 <= t < 1 for t in thresholds):
+        raise ValueError(f"thresholds must be a non-empty tuple of fractions in [0, 1) of each latent's largest activation, got {thresholds!r}.")
     n_true = properties.sum(dim=0)
     if (n_true == 0).any():
         raise ValueError(f"properties {n_true.eq(0).nonzero()[:, 0].tolist()} never hold on these inputs, so no latent can detect them: drop them.")
@@ -765,6 +809,7 @@ class SparseFeatureData:
         for name in ("n_features", "d_model"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SparseFeatureData.{name} must be an int of at least 1, got {getattr(self, name)!r}.")
+        check_number(self.features_per_input, "SparseFeatureData.features_per_input", minimum=0)
         if not 0 < self.features_per_input <= self.n_features:
             raise ValueError(f"SparseFeatureData.features_per_input must lie in (0, n_features={self.n_features}], got {self.features_per_input}.")
         if not is_int(self.seed):
@@ -780,6 +825,8 @@ class SparseFeatureData:
         """`n` inputs drawn with `generator` (a CPU generator; move the result to your device)."""
         if not is_int(n) or n < 1:
             raise ValueError(f"n must be an int of at least 1, got {n!r}.")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {describe(generator)}.")
         active = torch.rand(n, self.n_features, generator=generator) < self.features_per_input / self.n_features
         coefficients = torch.rand(n, self.n_features, generator=generator) * active
         return coefficients @ self.dictionary()

@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlearn.device import generator_for
-from mechlearn.validation import describe, is_int
+from mechlearn.validation import check_finite, check_number, check_same_device, check_tensor, describe, is_int
 
 __all__ = [
     "ToyModelConfig",
@@ -79,11 +79,15 @@ class ToyModel(torch.nn.Module):
         self.b_final: Float[Tensor, "instance feature"] = torch.nn.Parameter(torch.zeros(config.n_instances, config.n_features))
 
     def forward(self, features: Float[Tensor, "batch instance feature"]) -> Float[Tensor, "batch instance feature"]:
+        # Shape, dtype and device only: this runs every training step, where a check of the values would wait for the device.
         expected = (self.config.n_instances, self.config.n_features)
-        if features.ndim != 3 or tuple(features.shape[1:]) != expected:
+        if not isinstance(features, Tensor) or features.ndim != 3 or tuple(features.shape[1:]) != expected:
             raise ValueError(f"features must have shape [batch, {expected[0]}, {expected[1]}] (batch instance feature), "
-                             f"got {tuple(features.shape)}.")
-        hidden = einops.einsum(features, self.W, "batch instance feature, instance hidden feature -> batch instance hidden")
+                             f"got {describe(features)}.")
+        if not features.is_floating_point():
+            raise TypeError(f"features must be a float tensor, got {describe(features)}.")
+        check_same_device("features", features, "the model", self.W)
+        hidden = einops.einsum(features.to(self.W.dtype), self.W, "batch instance feature, instance hidden feature -> batch instance hidden")
         out = einops.einsum(hidden, self.W, "batch instance hidden, instance hidden feature -> batch instance feature")
         return F.relu(out + self.b_final)
 
@@ -96,6 +100,24 @@ def sample_features(
     The random numbers come from `generator` on its own device, so a CPU generator gives the
     same data whatever device `feature_probability` (and so the result) lives on.
     """
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    if not isinstance(feature_probability, Tensor) or not feature_probability.is_floating_point():
+        raise TypeError(f"feature_probability must be a float tensor [instance feature], got {describe(feature_probability)}.")
+    _check_probability(feature_probability)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. mechlearn.generator_for(...)), got {describe(generator)}.")
+    return _sample_features(batch_size, feature_probability, generator)
+
+
+def _check_probability(feature_probability: Tensor) -> None:
+    if not ((feature_probability >= 0) & (feature_probability <= 1)).all():
+        raise ValueError("feature_probability must lie in [0, 1]: it is the chance that each feature is present.")
+
+
+def _sample_features(
+    batch_size: int, feature_probability: Float[Tensor, "instance feature"], generator: torch.Generator
+) -> Float[Tensor, "batch instance feature"]:
     shape = (batch_size, *feature_probability.shape)
     values = torch.rand(shape, generator=generator, device=generator.device)
     present = torch.rand(shape, generator=generator, device=generator.device) < feature_probability.to(generator.device)
@@ -108,6 +130,27 @@ def instance_losses(
     importance: Float[Tensor, "instance feature"],
 ) -> Float[Tensor, "instance"]:
     """Each instance's loss: importance * (x - x')^2 summed over features, averaged over the batch."""
+    _check_loss_inputs(output, features, importance)
+    return _instance_losses(output, features, importance)
+
+
+def _check_loss_inputs(output: object, features: object, importance: object) -> None:
+    check_tensor(features, "features", 3, floating=True)
+    check_tensor(output, "output", 3, floating=True)
+    if output.shape != features.shape:
+        raise ValueError(f"output {tuple(output.shape)} and features {tuple(features.shape)} must have the same shape.")
+    check_same_device("output", output, "features", features)
+    importance = _broadcast("importance", importance, tuple(features.shape[1:]))
+    check_same_device("importance", importance, "features", features)
+    for name, value in (("output", output), ("features", features), ("importance", importance)):
+        check_finite(value, name)
+
+
+def _instance_losses(
+    output: Float[Tensor, "batch instance feature"],
+    features: Float[Tensor, "batch instance feature"],
+    importance: Float[Tensor, "instance feature"],
+) -> Float[Tensor, "instance"]:
     error = importance * (features - output) ** 2
     return einops.reduce(error, "batch instance feature -> batch instance", "sum").mean(dim=0)
 
@@ -139,6 +182,7 @@ class ToyTrainConfig:
         for name in ("steps", "batch_size", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"ToyTrainConfig.{name} must be a positive int, got {getattr(self, name)!r}.")
+        check_number(self.lr, "ToyTrainConfig.lr", minimum=0)
         if not 0 < self.lr < math.inf:
             raise ValueError(f"ToyTrainConfig.lr must be a positive number, got {self.lr}.")
         if not is_int(self.seed):
@@ -147,7 +191,10 @@ class ToyTrainConfig:
 
 def _per_instance(name: str, values: object, config: ToyModelConfig) -> Float[Tensor, "instance feature"]:
     """`values` broadcast to [instance feature], or one clear error."""
-    shape = (config.n_instances, config.n_features)
+    return _broadcast(name, values, (config.n_instances, config.n_features))
+
+
+def _broadcast(name: str, values: object, shape: tuple[int, int]) -> Float[Tensor, "instance feature"]:
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point:
         raise TypeError(f"{name} must be a float tensor that broadcasts to [instance feature] = {shape}, "
                         f"got {describe(values)}.")
@@ -178,8 +225,7 @@ def train_toy_model(
         raise TypeError(f"config must be a ToyTrainConfig, got {type(config).__name__}.")
     feature_probability = _per_instance("feature_probability", feature_probability, model.config)
     importance = _per_instance("importance", importance, model.config)
-    if not ((feature_probability >= 0) & (feature_probability <= 1)).all():
-        raise ValueError("feature_probability must lie in [0, 1]: it is the chance that each feature is present.")
+    _check_probability(feature_probability)
     if not ((importance >= 0) & torch.isfinite(importance)).all():
         raise ValueError("importance must be finite and non-negative.")
     device = model.W.device
@@ -190,8 +236,8 @@ def train_toy_model(
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.steps), desc="training toy models", disable=not progress)
     for step in bar:
-        features = sample_features(config.batch_size, feature_probability, generator)
-        loss = importance_weighted_loss(model(features), features, importance)
+        features = _sample_features(config.batch_size, feature_probability, generator)  # checked once, above
+        loss = _instance_losses(model(features), features, importance).sum()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"The training loss became {loss.item()} at step {step}; lower ToyTrainConfig.lr.")
         optimizer.zero_grad(set_to_none=True)
@@ -206,6 +252,7 @@ def train_toy_model(
 def _check_W(W: object) -> None:
     if not isinstance(W, Tensor) or W.ndim != 3 or not W.dtype.is_floating_point:
         raise TypeError(f"W must be a float tensor of shape [instance hidden feature] (a ToyModel's W), got {describe(W)}.")
+    check_finite(W, "W")
 
 
 def represented(W: Float[Tensor, "instance hidden feature"], threshold: float = 0.5) -> Bool[Tensor, "instance feature"]:
@@ -215,6 +262,7 @@ def represented(W: Float[Tensor, "instance hidden feature"], threshold: float = 
     one has W[:, i] near 0.
     """
     _check_W(W)
+    check_number(threshold, "threshold", minimum=0)
     return torch.linalg.vector_norm(W.detach(), dim=1) > threshold
 
 
@@ -291,12 +339,15 @@ def phase_diagram(
     for name, values in (("relative_importance", relative_importance), ("feature_density", feature_density)):
         if not isinstance(values, Tensor) or values.ndim != 1 or len(values) == 0 or not values.dtype.is_floating_point:
             raise TypeError(f"{name} must be a non-empty 1-D float tensor, got {describe(values)}.")
-    if not (relative_importance > 0).all():
-        raise ValueError("relative_importance must be positive (e.g. torch.logspace(-1, 1, 6)).")
+    if not ((relative_importance > 0) & torch.isfinite(relative_importance)).all():
+        raise ValueError("relative_importance must be positive and finite (e.g. torch.logspace(-1, 1, 6)).")
     if not ((feature_density > 0) & (feature_density <= 1)).all():
         raise ValueError("feature_density must lie in (0, 1] (e.g. torch.logspace(-2, 0, 6)).")
     if not is_int(restarts) or restarts < 1:
         raise ValueError(f"restarts must be a positive int, got {restarts!r}.")
+    if not isinstance(config, ToyTrainConfig):
+        raise TypeError(f"config must be a ToyTrainConfig, got {type(config).__name__}.")
+    check_number(threshold, "threshold", minimum=0)
     n_r, n_d = len(relative_importance), len(feature_density)
     device = relative_importance.device
     # Instances are laid out (restart r d): restart-major, so each restart is one copy of the grid.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -48,6 +49,7 @@ def check_tensor(value: object, name: str, ndim: int | tuple[int, ...], floating
 
 def check_finite(value: Tensor, name: str) -> None:
     """Refuse NaN or inf, which would only surface later as a nan loss or a plausible wrong number."""
+    check_not_meta(value, name)
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or inf; find where it was produced.")
 
@@ -73,3 +75,16 @@ def check_same_device(name: str, tensor: Tensor, other_name: str, other: torch.d
     other_device = other.device if isinstance(other, Tensor) else torch.device(other)
     if tensor.device != other_device:
         raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other_device}; move them to one device.")
+
+
+def check_not_meta(value: Tensor, name: str) -> None:
+    """Refuse a tensor on the meta device, which has a shape but no values to check or compute with."""
+    if value.is_meta:
+        raise ValueError(f"{name} is on the meta device and holds no values; build it on a real device.")
+
+
+def check_number(value: object, name: str, minimum: float = -math.inf) -> None:
+    """Refuse anything but a finite real number of at least `minimum` (a bool, NaN or inf included)."""
+    if not is_number(value) or not (math.isfinite(value) and value >= minimum):
+        bound = "" if minimum == -math.inf else f" of at least {minimum}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}.")

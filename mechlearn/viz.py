@@ -22,7 +22,7 @@ from transformer_lens.ActivationCache import ActivationCache
 
 from mechlearn.superposition import PHASE_NAMES, interference
 from mechlearn.tasks.othello import BLACK, WHITE, OthelloTask
-from mechlearn.validation import describe, is_int
+from mechlearn.validation import check_finite, check_tensor, describe, is_int
 
 
 def plot_training_history(
@@ -35,6 +35,8 @@ def plot_training_history(
 
     A log scale (the default) shows both the first fast drop and the slow tail of a loss.
     """
+    if not isinstance(history, list) or not all(isinstance(record, dict) for record in history):
+        raise TypeError(f"history must be a list of records (dicts), as mechlearn.train.train returns, got {describe(history)}.")
     if not history:
         raise ValueError("history is empty: train for at least one eval step (TrainConfig.eval_every).")
     missing = [m for m in metrics if m not in history[0]]
@@ -50,6 +52,8 @@ def plot_attention_patterns(
     patterns: Float[Tensor, "n_heads query_pos key_pos"], labels: Sequence[str], title: str = "Attention patterns"
 ) -> go.Figure:
     """One heatmap per head: row = the query position, column = the key it attends to."""
+    check_tensor(patterns, "patterns", 3, floating=True)
+    check_finite(patterns, "patterns")
     n_heads, n_query, n_key = patterns.shape
     if len(labels) != n_key:
         raise ValueError(f"labels has {len(labels)} entries but the patterns have {n_key} key positions.")
@@ -137,6 +141,11 @@ def _board_side(values: Tensor, name: str, per_cell: tuple[int, ...] = ()) -> in
     return side
 
 
+def _check_size(size: object) -> None:
+    if size is not None and (not is_int(size) or size < 100):
+        raise ValueError(f"size must be None or the figure's width in pixels, an int of at least 100, got {size!r}.")
+
+
 def _check_legal(legal: Tensor, n_cells: int) -> None:
     if tuple(legal.shape) != (n_cells,):
         raise ValueError(f"legal has shape {tuple(legal.shape)} but the board has {n_cells} cells; "
@@ -210,6 +219,9 @@ def plot_board(
     `legal` marks the next player's legal moves as small hollow dots; `last_move` (a cell index)
     gets a red dot. `size` is the figure's width in pixels.
     """
+    _check_size(size)
+    if not isinstance(board, Tensor):
+        raise TypeError(f"board must be a tensor [row col] or [cell], got {describe(board)}.")
     if board.ndim == 2 and board.shape[0] != board.shape[1]:
         raise ValueError(f"board has shape {tuple(board.shape)}; a [row col] board must be square.")
     flat = board.detach().cpu().flatten() if board.ndim == 2 else board.detach().cpu()
@@ -228,7 +240,7 @@ def plot_board(
         traces.append(_cell_markers(cells, side, px, "legal move", [f"{names[c]}: legal" for c in cells], scale=0.3,
                                    symbol="circle-open", color="#d9d9d9", line=dict(width=2)))
     if last_move is not None:
-        if not 0 <= last_move < side * side:
+        if not is_int(last_move) or not 0 <= last_move < side * side:
             raise ValueError(f"last_move must be a cell index in [0, {side * side}), got {last_move}.")
         hover = [f"{names[last_move]}: last move"]
         last = _cell_markers(torch.tensor([last_move]), side, px, "last move", hover, scale=0.22, color="#e8322b")
@@ -253,9 +265,10 @@ def plot_probe_reading(
     """
     if len(class_names) != 3:
         raise ValueError(f"class_names must name 3 classes (empty, then the two sides), got {len(class_names)}.")
+    _check_size(size)
     side = _board_side(probabilities, "probabilities", per_cell=(3,))
     probabilities = probabilities.detach().cpu().float()
-    if probabilities.min() < 0 or probabilities.max() > 1:
+    if not ((probabilities >= 0) & (probabilities <= 1)).all():  # NaN fails too
         raise ValueError("probabilities must lie in [0, 1]: softmax the probe's logits over the classes first.")
     px, names = size or _DEFAULT_PX, _cell_names(side)
     confidence, reading = probabilities.max(dim=-1)
@@ -283,10 +296,11 @@ def plot_move_predictions(
     A dark cell without an outline is a confident illegal move; an outlined pale cell is a legal
     move the model missed. The colour scale runs from 0 to the largest probability.
     """
+    _check_size(size)
     side = _board_side(probabilities, "probabilities")
     _check_legal(legal, side * side)
     probabilities, legal = probabilities.detach().cpu().float(), legal.detach().cpu()
-    if probabilities.min() < 0 or probabilities.max() > 1:
+    if not ((probabilities >= 0) & (probabilities <= 1)).all():  # NaN fails too
         raise ValueError("probabilities must lie in [0, 1]: softmax the logits over the vocabulary and keep the cells.")
     px, names = size or _DEFAULT_PX, _cell_names(side)
     hover = [f"{name}: P = {p:.3f}, {'legal' if ok else 'illegal'}"
@@ -315,6 +329,8 @@ def plot_probe_accuracy_by_layer(
                          f"all the same length; got lengths {sorted(lengths)}.")
     if any(not 0 <= a <= 1 for values in accuracies.values() for a in values):
         raise ValueError("accuracies must be fractions in [0, 1], not percentages.")
+    if baseline is not None and not (isinstance(baseline, (int, float)) and 0 <= baseline <= 1):
+        raise ValueError(f"baseline must be None or a fraction in [0, 1], got {baseline!r}.")
     layers = list(range(lengths.pop()))
     figure = go.Figure([go.Scatter(x=layers, y=list(values), name=name, mode="lines+markers")
                         for name, values in accuracies.items()])
@@ -441,6 +457,9 @@ def plot_feature_geometry(
     if not isinstance(W, Tensor) or W.ndim != 3 or W.shape[1] != 2:
         raise ValueError(f"plot_feature_geometry draws a ToyModel's W with n_hidden = 2, shape [instance, 2, feature], "
                          f"got shape {tuple(getattr(W, 'shape', ()))}; plot_interference works for any n_hidden.")
+    check_finite(W, "W")
+    if not is_int(columns) or columns < 1:
+        raise ValueError(f"columns must be a positive int, got {columns!r}.")
     n_instances, _, n_features = W.shape
     W = W.detach().cpu().float()
     titles = _instance_titles(titles, n_instances)
@@ -530,6 +549,11 @@ def plot_phase_diagram(
     dropped when it matters less than feature 0 and takes the dimension when it matters more.
     Sparse features (left): both share the dimension in superposition.
     """
+    check_tensor(classes, "classes", 2, floating=False)
+    for name, values in (("relative_importance", relative_importance), ("feature_density", feature_density)):
+        check_tensor(values, name, 1, floating=True)
+        if not (values > 0).all() or not torch.isfinite(values).all():
+            raise ValueError(f"{name} must be positive and finite, for its log axis.")
     if classes.shape != (len(relative_importance), len(feature_density)):
         raise ValueError(f"classes has shape {tuple(classes.shape)} but needs one row per relative importance and one "
                          f"column per density: {(len(relative_importance), len(feature_density))}.")
@@ -565,6 +589,8 @@ def plot_feature_dimensionality(
     (triangle), 1/2 (antipodal pair), 2/5 (pentagon), 3/8 (square antiprism). Features the
     model drops sit near 0.
     """
+    check_tensor(dimensionality, "dimensionality", 2, floating=True)
+    check_finite(dimensionality, "dimensionality")
     n_instances, n_features = dimensionality.shape
     if feature_density.shape != (n_instances,):
         raise ValueError(f"feature_density has shape {tuple(feature_density.shape)}; it needs one density per instance, "
@@ -611,6 +637,7 @@ def plot_cell_values(
     sequential scale (e.g. each cell's best F1 with colorscale="Viridis", zmin=0, zmax=1).
     A `zmin` or `zmax` you pass replaces the one computed.
     """
+    _check_size(size)
     side = _board_side(values, "values")
     values = values.detach().cpu().float()
     if not values.isfinite().all():
@@ -728,6 +755,7 @@ class FeatureBrowser(widgets.VBox):
         if descriptions is not None and len(descriptions) != d_sae:
             raise ValueError(f"descriptions has {len(descriptions)} lines but there are {d_sae} latents; "
                              "give one each.")
+        check_finite(latents, "latents")
         if latents.min() < 0:
             raise ValueError("latents must be non-negative, as an SAE's activations after its ReLU are.")
         if not is_int(n_top) or n_top <= 0:

@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
+import torch
 
 
 def assert_one_sentence(message: str) -> None:
@@ -17,3 +18,7 @@ def raises_one_sentence(error: type[Exception], match: str) -> Iterator[None]:
     with pytest.raises(error, match=match) as info:
         yield
     assert_one_sentence(str(info.value))
+
+
+# Tensors on two devices need a second device: these cases run where CUDA is, e.g. in a GPU run of the suite.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for a second device")

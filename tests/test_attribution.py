@@ -1,7 +1,10 @@
 """mechlearn.attribution: the residual stream decomposes exactly into the logits; lens and DLA."""
 
+import re
+
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 from test_pretrained import save_tiny_gpt2
 
 from mechlearn import attribution
@@ -160,6 +163,7 @@ def test_works_on_a_hugging_face_gpt2(tmp_path) -> None:
 # --- bad input -------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_missing_cache_entry_says_how_to_get_it() -> None:
     model = perturbed_model()
     tokens = torch.zeros(1, 5, dtype=torch.long)
@@ -168,6 +172,7 @@ def test_missing_cache_entry_says_how_to_get_it() -> None:
         attribution.residual_components(partial, model)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("layer", [-1, 2, 1.0, True])
 def test_head_outputs_rejects_a_bad_layer(layer) -> None:
     model = perturbed_model()
@@ -176,6 +181,7 @@ def test_head_outputs_rejects_a_bad_layer(layer) -> None:
         attribution.head_outputs(cache, model, layer)
 
 
+@pytest.mark.bad_input
 def test_apply_final_ln_rejects_a_stream_from_another_run() -> None:
     model = perturbed_model()
     _, _, cache = run(model)
@@ -183,8 +189,54 @@ def test_apply_final_ln_rejects_a_stream_from_another_run() -> None:
         attribution.apply_final_ln(torch.zeros(2, 9, 16), cache, model)
 
 
+@pytest.mark.bad_input
 def test_logit_attribution_rejects_other_tokens() -> None:
     model = perturbed_model()
     tokens, _, cache = run(model)
     with pytest.raises(ValueError, match="tokens has shape"):
         attribution.direct_logit_attribution(cache, model, tokens[:, :-1])
+
+
+@pytest.fixture(scope="module")
+def ran():
+    """A model, its tokens and its cache, shared by the bad-input table (which changes none of them)."""
+    with torch.no_grad():
+        model = perturbed_model()
+        tokens, _, cache = run(model)
+    return model, tokens, cache
+
+
+def nan_at_start(values: torch.Tensor) -> torch.Tensor:
+    broken = values.clone()
+    broken.view(-1)[0] = float("nan")
+    return broken
+
+
+def with_4_heads():
+    return make_model(ModelConfig(d_vocab=11, n_ctx=9, d_model=16, n_layers=2, n_heads=4, d_head=4, d_mlp=None))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda model, tokens, cache: attribution.residual_components(cache["hook_embed"], model), TypeError, "cache"),
+        (lambda model, tokens, cache: attribution.logit_lens({"hook_embed": cache["hook_embed"]}, model), TypeError, "cache"),
+        (lambda model, tokens, cache: attribution.apply_final_ln(torch.zeros(4, 9, 15), cache, model), ValueError, "resid"),
+        (lambda model, tokens, cache: attribution.apply_final_ln(torch.zeros(4, 9, 16, dtype=torch.long), cache, model), ValueError, "resid"),
+        (lambda model, tokens, cache: attribution.apply_final_ln(nan_at_start(torch.zeros(4, 9, 16)), cache, model), ValueError, "resid"),
+        (lambda model, tokens, cache: attribution.apply_final_ln(torch.zeros(9, 16), cache, model), ValueError, "resid"),
+        (lambda model, tokens, cache: attribution.direct_logit_attribution(cache, model, tokens.float()), TypeError, "tokens"),
+        (lambda model, tokens, cache: attribution.direct_logit_attribution(cache, model, tokens + 11), ValueError, "tokens"),
+        (lambda model, tokens, cache: attribution.direct_logit_attribution(cache, model, tokens - 11), ValueError, "tokens"),
+        (lambda model, tokens, cache: attribution.logit_attribution(torch.zeros(3, 4, 9, 16, device="meta"), cache, model, tokens), ValueError, "components"),
+        (lambda model, tokens, cache: attribution.head_outputs(cache, with_4_heads(), 0), ValueError, "cache"),
+    ],
+    ids=[
+        "a tensor for cache", "a dict for cache", "resid of another d_model", "int resid", "NaN resid", "resid without batch",
+        "float tokens", "tokens beyond d_vocab", "negative tokens", "meta components", "cache of another model",
+    ],
+)
+def test_bad_argument_is_named(ran, call, error, name) -> None:
+    with raises_one_sentence(error, re.escape(name)):
+        call(*ran)

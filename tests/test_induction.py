@@ -1,9 +1,12 @@
 """mechlearn.induction: scores on hand-built patterns, finders on known and random models, K-composition."""
 
+import copy
 import math
+import re
 
 import pytest
 import torch
+from bad_inputs import needs_cuda, raises_one_sentence
 
 from mechlearn import induction
 from mechlearn.handcrafted import induction_circuit_model
@@ -64,6 +67,7 @@ def test_repeated_random_tokens_without_bos() -> None:
     assert torch.equal(tokens[:, :6], tokens[:, 6:])
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "args, message",
     [((0, 4, 2), "d_vocab must be a positive int"), ((10, 0, 2), "seq_len must be"), ((10, 4, 0), "batch must be")],
@@ -75,6 +79,7 @@ def test_repeated_random_tokens_validation(args, message) -> None:
         induction.repeated_random_tokens(10, 4, 2, bos=10)
 
 
+@pytest.mark.bad_input
 def test_repeated_random_tokens_needs_enough_distinct_tokens() -> None:
     assert induction.repeated_random_tokens(10, 9, 2, bos=0).shape == (2, 19)
     with pytest.raises(ValueError, match="seq_len=10 is more than the 9 distinct tokens"):
@@ -124,8 +129,9 @@ def test_a_cache_gives_the_same_scores_as_stacked_patterns(circuit) -> None:
     torch.testing.assert_close(induction.previous_token_scores(cache), induction.previous_token_scores(patterns))
 
 
+@pytest.mark.bad_input
 def test_pattern_validation() -> None:
-    with pytest.raises(ValueError, match=r"patterns must be an ActivationCache or a tensor \[layer batch head query_pos key_pos\], got \(3, 1, 9, 9\)"):
+    with pytest.raises(ValueError, match=r"patterns must be an ActivationCache or a non-empty float tensor \[layer batch head query_pos key_pos\], got torch.float32 tensor of shape \(3, 1, 9, 9\)"):
         induction.previous_token_scores(torch.zeros(3, 1, 9, 9))
     with pytest.raises(ValueError, match="square"):
         induction.previous_token_scores(torch.zeros(1, 3, 1, 9, 8))
@@ -161,6 +167,7 @@ def test_finders_find_nothing_in_a_random_model(random_model) -> None:
     assert induction.find_induction_heads(random_model, threshold=0.2) == []
 
 
+@pytest.mark.bad_input
 def test_seq_len_must_fit_the_context(random_model) -> None:
     with pytest.raises(ValueError, match="seq_len=12 makes sequences of 25 tokens, longer than the model's n_ctx=24"):
         induction.find_induction_heads(random_model, seq_len=12, bos=0)
@@ -204,6 +211,7 @@ def test_k_composition_is_largest_for_the_planted_pair(circuit) -> None:
     assert scores.argmax().item() == 2 * 3 + 1  # (previous-token head 2, induction head 1)
 
 
+@pytest.mark.bad_input
 def test_k_composition_validation(random_model) -> None:
     one_layer = make_model(ModelConfig(d_vocab=8, n_ctx=8, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=None))
     with pytest.raises(ValueError, match="needs a model with at least 2 layers; this one has 1"):
@@ -276,3 +284,83 @@ def test_circuit_summary_of_the_hand_set_circuit(circuit) -> None:
     assert set(summary["ablate_single_head"]) == {f"L{layer}H{head}" for layer in (0, 1) for head in range(3)}
     assert summary["loss_first"] - summary["loss_repeated"] > 1
     assert not math.isnan(summary["loss_repeated"])
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+LOGITS, TOKENS = torch.zeros(2, 5, 7), torch.zeros(2, 5, dtype=torch.long)
+MASK = torch.tensor([[False, True, True, True, True]] * 2)
+GOOD_PATTERNS = stack(uniform_pattern())
+
+
+def with_nan(weights: torch.Tensor) -> torch.Tensor:
+    broken = weights.clone()
+    broken.view(-1)[0] = float("nan")
+    return broken
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda: induction.repeated_random_tokens(10, 4, True), ValueError, "batch"),
+        (lambda: induction.repeated_random_tokens(10, 4, 2, bos=0.5), ValueError, "bos"),
+        (lambda: induction.induction_scores(GOOD_PATTERNS.long(), 4), ValueError, "patterns"),
+        (lambda: induction.induction_scores(GOOD_PATTERNS[:, :0], 4), ValueError, "patterns"),
+        (lambda: induction.induction_scores(with_nan(GOOD_PATTERNS), 4), ValueError, "patterns"),
+        (lambda: induction.previous_token_scores(GOOD_PATTERNS * 3 - 1), ValueError, "patterns"),
+        (lambda: induction.previous_token_scores(GOOD_PATTERNS.to("meta")), ValueError, "patterns"),
+        (lambda: induction.duplicate_token_scores(GOOD_PATTERNS, 4.0), ValueError, "seq_len"),
+        (lambda: induction.heads_above(torch.zeros(2, 3), threshold=float("nan")), ValueError, "threshold"),
+        (lambda: induction.heads_above(torch.zeros(2, 3), threshold="0.5"), ValueError, "threshold"),
+        (lambda: induction.loss_on_tokens(LOGITS, TOKENS, MASK.long()), TypeError, "mask"),
+        (lambda: induction.loss_on_tokens(LOGITS, TOKENS.float(), MASK), TypeError, "tokens"),
+        (lambda: induction.loss_on_tokens(LOGITS, TOKENS + 7, MASK), ValueError, "tokens"),
+        (lambda: induction.loss_on_tokens(LOGITS[:, :4], TOKENS, MASK), ValueError, "logits"),
+        (lambda: induction.loss_on_tokens(LOGITS[0], TOKENS, MASK), ValueError, "logits"),
+        (lambda: induction.loss_on_tokens(with_nan(LOGITS), TOKENS, MASK), ValueError, "logits"),
+        (lambda: induction.loss_on_tokens(LOGITS.to("meta"), TOKENS, MASK), ValueError, "logits"),
+        (lambda: induction.training_monitor(TOKENS, 4, 0), TypeError, "labelled"),
+        (lambda: induction.stack_patterns({"blocks.0.attn.hook_pattern": GOOD_PATTERNS[0]}), TypeError, "cache"),
+        (lambda: induction.heads_above(torch.tensor([[math.nan, 0.9]])), ValueError, "scores"),
+        (lambda: induction.first_record_where([{"induction_score_L1H0": 0.9}], "induction_score", "0.8"), ValueError, "threshold"),
+        pytest.param(lambda: induction.loss_on_tokens(LOGITS.cuda(), TOKENS, MASK), ValueError, "tokens", marks=needs_cuda),
+    ],
+    ids=[
+        "bool batch", "float bos", "int patterns", "empty patterns", "NaN patterns", "patterns outside [0, 1]",
+        "meta patterns", "float seq_len", "NaN threshold", "string threshold", "int mask", "float tokens",
+        "tokens beyond d_vocab", "logits shorter than tokens", "logits without batch", "NaN logits",
+        "meta logits", "tokens for labelled", "a dict for cache", "NaN scores", "a string threshold",
+        "tokens and logits on two devices",
+    ],
+)
+def test_bad_argument_is_named(call, error, name) -> None:
+    with raises_one_sentence(error, re.escape(name)):
+        call()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda model: induction.find_induction_heads(model, seq_len=0), ValueError, "seq_len"),
+        (lambda model: induction.find_previous_token_heads(model, threshold=None), ValueError, "threshold"),
+        (lambda model: induction.k_composition_scores(model, 0.0, 1), ValueError, "earlier_layer"),
+        (lambda model: induction.ablation_cost(model, TOKENS + 16, MASK, []), ValueError, "tokens"),
+        (lambda model: induction.ablation_cost(model, torch.zeros(2, 25, dtype=torch.long), MASK, []), ValueError, "n_ctx"),
+        (lambda model: induction.induction_circuit_summary(model, TOKENS, bos=0), TypeError, "labelled"),
+    ],
+    ids=["zero seq_len", "no threshold", "float layer", "tokens beyond d_vocab", "tokens beyond n_ctx", "tokens for labelled"],
+)
+def test_bad_argument_to_a_model_function_is_named(random_model, call, error, name) -> None:
+    with raises_one_sentence(error, re.escape(name)):
+        call(random_model)
+
+
+@pytest.mark.bad_input
+def test_nan_weights_are_named_not_scored(random_model) -> None:
+    broken = copy.deepcopy(random_model)
+    with torch.no_grad():
+        broken.blocks[0].attn.W_V[0, 0, 0] = float("nan")
+    with raises_one_sentence(ValueError, "model"):
+        induction.k_composition_scores(broken)

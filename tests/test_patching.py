@@ -1,9 +1,11 @@
 """mechlearn.patching: ablation and patching hooks, and the loss with heads ablated."""
 
 import copy
+import re
 
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn import patching
 from mechlearn.models import ModelConfig, make_model
@@ -135,6 +137,7 @@ def test_patching_from_a_shorter_run_during_generation(model, tokens) -> None:
     assert (patched - model(edited)).abs().max() < 1e-5
 
 
+@pytest.mark.bad_input
 def test_patch_hook_rejects_a_source_of_another_batch(model, tokens) -> None:
     _, source_cache = model.run_with_cache(tokens[:2])
     hook = patching.patch_position_hook(1, source_cache["hook_embed"])
@@ -142,6 +145,7 @@ def test_patch_hook_rejects_a_source_of_another_batch(model, tokens) -> None:
         model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", hook)])
 
 
+@pytest.mark.bad_input
 def test_patch_hook_rejects_a_position_the_activation_lacks(model, tokens) -> None:
     _, source_cache = model.run_with_cache(tokens)
     hook = patching.patch_position_hook(7, source_cache["hook_embed"])
@@ -195,17 +199,20 @@ def test_works_on_an_attention_only_model() -> None:
 # --- bad input -------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("heads", [[(2, 0)], [(0, 3)], [(0,)], [[0, 1]], [(0, 1.0)], [(-1, 0)]])
 def test_bad_heads_are_named(model, tokens, heads) -> None:
     with pytest.raises(ValueError, match=r"heads must be \(layer, head\) pairs"):
         patching.loss_with_heads_ablated(model, tokens, heads)
 
 
+@pytest.mark.bad_input
 def test_bad_mode_is_named(model, tokens) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         patching.loss_with_heads_ablated(model, tokens, [(0, 0)], mode="resample")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "mask", [torch.ones(CONFIG.n_ctx, dtype=torch.bool), torch.ones(CONFIG.n_ctx - 1), [True] * (CONFIG.n_ctx - 1)]
 )
@@ -214,6 +221,7 @@ def test_bad_mask_is_named(model, tokens, mask) -> None:
         patching.loss_with_heads_ablated(model, tokens, [(0, 0)], mask=mask)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("make", [patching.zero_ablate_head_hook, lambda head: patching.mean_ablate_head_hook(head, torch.zeros(9, 3, 4))])
 @pytest.mark.parametrize("head", [-1, 1.5, None])
 def test_bad_head_index_is_named(make, head) -> None:
@@ -221,11 +229,56 @@ def test_bad_head_index_is_named(make, head) -> None:
         make(head)
 
 
+@pytest.mark.bad_input
 def test_head_hook_on_the_wrong_hook_point_says_where_it_belongs(model, tokens) -> None:
     with pytest.raises(ValueError, match=r"attach this hook to blocks\.\{l\}\.attn\.hook_z"):
         model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", patching.zero_ablate_head_hook(2))])
 
 
+@pytest.mark.bad_input
 def test_mean_z_of_the_wrong_shape_is_named() -> None:
     with pytest.raises(ValueError, match=r"mean_z must be a tensor of shape \[pos head d_head\]"):
         patching.mean_ablate_head_hook(0, torch.zeros(3, 4))
+
+
+NAN_Z = torch.zeros(9, 3, 4).index_fill(0, torch.tensor([2]), float("nan"))
+TOKEN_CASES = {
+    "too long": torch.zeros(2, CONFIG.n_ctx + 1, dtype=torch.long),
+    "id at d_vocab": torch.full((2, 5), CONFIG.d_vocab),
+    "negative id": torch.full((2, 5), -1),
+    "float ids": torch.zeros(2, 5),
+    "no dims for batch": torch.zeros(5, dtype=torch.long),
+    "empty batch": torch.zeros(0, 5, dtype=torch.long),
+    "on meta": torch.zeros(2, 5, dtype=torch.long, device="meta"),
+}
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("function", [patching.loss_with_heads_ablated, patching.run_with_heads_ablated])
+@pytest.mark.parametrize("bad_tokens", TOKEN_CASES.values(), ids=TOKEN_CASES.keys())
+def test_bad_tokens_are_named(model, function, bad_tokens) -> None:
+    error = TypeError if bad_tokens.is_floating_point() else ValueError
+    with raises_one_sentence(error, "tokens"):
+        function(model, bad_tokens, [(0, 0)])
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda model, tokens: patching.loss_with_heads_ablated(model, tokens[:, :1], []), ValueError, "tokens"),
+        (lambda model, tokens: patching.loss_with_heads_ablated(model, tokens, [], mask=torch.zeros(CONFIG.n_ctx - 1, dtype=torch.bool)), ValueError, "mask"),
+        (lambda model, tokens: patching.head_ablation_hooks(model, tokens, (0, 0)), ValueError, "heads"),
+        (lambda model, tokens: patching.head_ablation_hooks(model, tokens, "L0H0"), TypeError, "heads"),
+        (lambda model, tokens: patching.mean_ablate_head_hook(0, NAN_Z), ValueError, "mean_z"),
+        (lambda model, tokens: patching.mean_ablate_head_hook(0, torch.zeros(9, 3, 4, dtype=torch.long)), TypeError, "mean_z"),
+        (lambda model, tokens: patching.mean_ablate_head_hook(0, torch.zeros(9, 3, 4, device="meta")), ValueError, "mean_z"),
+        (lambda model, tokens: patching.patch_position_hook(0, torch.zeros(5, 9, 16).index_fill(1, torch.tensor([4]), float("inf"))), ValueError, "source_activation"),
+        (lambda model, tokens: patching.patch_position_hook(0, torch.zeros(5, 9, 16, dtype=torch.long)), ValueError, "source_activation"),
+        (lambda model, tokens: patching.patch_position_hook(-1, torch.zeros(5, 9, 16)), ValueError, "pos"),
+    ],
+    ids=["one position", "all-False mask", "one pair, not a list", "a string", "NaN mean", "int mean", "meta mean", "inf source", "int source", "negative pos"],
+)
+def test_bad_argument_is_named(model, tokens, call, error, name) -> None:
+    with raises_one_sentence(error, re.escape(name)):
+        call(model, tokens)

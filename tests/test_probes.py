@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from bad_inputs import needs_cuda, raises_one_sentence
 from transformer_lens.hook_points import HookPoint
 
 from mechlearn.device import generator_for
@@ -210,6 +211,14 @@ X, Y = planted(50)
 PROBE = LinearProbe(D_MODEL, N_TARGETS, N_CLASSES)
 
 
+def with_nan_weight(probe: LinearProbe) -> LinearProbe:
+    broken = LinearProbe(D_MODEL, N_TARGETS, N_CLASSES)
+    with torch.no_grad():
+        broken.weight[0, 0, 0] = math.nan
+    return broken
+
+
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
@@ -241,17 +250,49 @@ PROBE = LinearProbe(D_MODEL, N_TARGETS, N_CLASSES)
         (lambda: class_direction(PROBE, 0, 0, 3), ValueError, r"to_class must be an int in \[0, 3\)"),
         (lambda: class_direction(PROBE, 0, 1, 1), ValueError, "pick two different classes"),
         (lambda: class_direction(PROBE, 0, 0, 1), ValueError, "train it first"),
-        (lambda: residual_stack(None, torch.zeros(3, 4)), TypeError, r"tokens must be an integer tensor of shape \[batch pos\]"),
+        (lambda: probe_accuracy(PROBE, X[:0], Y[:0]), ValueError, "activations is empty"),
+        (lambda: probe_accuracy(PROBE, X.double(), Y.float()), TypeError, "labels must be an integer tensor"),
+        (lambda: majority_accuracy(Y, Y[:0], N_CLASSES), ValueError, "test_labels has no rows"),
+        (lambda: train_probe(X.to("meta"), Y, N_CLASSES), ValueError, "activations is on the meta device"),
+        (lambda: accuracy_by_layer(X[None], Y[:40], X[None], Y, N_CLASSES), ValueError, "labels_train has 40 rows"),
+        (lambda: accuracy_by_layer(X[None], Y, X[None], Y + 3, N_CLASSES), ValueError, r"labels_test must hold classes in \[0, 3\)"),
+        (lambda: class_direction(with_nan_weight(PROBE), 0, 0, 1), ValueError, "probe.weight contains NaN or inf"),
+        (lambda: steering_hook(torch.full((4,), math.nan), 1.0), ValueError, "direction contains NaN or inf"),
+        (lambda: ProbeConfig(seed=0.5), ValueError, "ProbeConfig.seed must be an int"),
+        (lambda: ProbeConfig(lr="fast"), ValueError, "ProbeConfig.lr must be a finite number"),
+        (lambda: ProbeConfig(validation_fraction=math.nan), ValueError, "ProbeConfig.validation_fraction must be a finite number"),
+        (lambda: PROBE(X[:, :8]), ValueError, r"activations must be a tensor of shape \[n 32\]"),
+        (lambda: PROBE(X.long()), TypeError, "activations must be a float tensor"),
+        pytest.param(lambda: probe_accuracy(PROBE, X.cuda(), Y.cuda()), ValueError, "activations is on cuda", marks=needs_cuda),
+        pytest.param(lambda: train_probe(X.cuda(), Y, N_CLASSES), ValueError, "labels is on cpu", marks=needs_cuda),
+        pytest.param(lambda: majority_accuracy(Y, Y.cuda(), N_CLASSES), ValueError, "test_labels is on cuda", marks=needs_cuda),
         (lambda: steering_hook(torch.zeros(2, 3, 4), 1.0), TypeError, "direction must be a float tensor"),
         (lambda: steering_hook(torch.zeros(4), math.inf), TypeError, "scale must be a finite number"),
         (lambda: steering_hook(torch.zeros(4), 1.0, positions=torch.tensor([0.5])), TypeError, "positions must be None or an integer tensor"),
     ],
 )
 def test_bad_arguments_get_a_clear_error(call, error, match) -> None:
-    with pytest.raises(error, match=match):
+    with raises_one_sentence(error, match):
         call()
 
 
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("bad_tokens", "error", "match"),
+    [
+        (torch.zeros(3, 4), TypeError, r"tokens must be an integer tensor of shape \[batch pos\]"),
+        (torch.full((3, 4), 38), ValueError, r"tokens must hold token ids in \[0, 38\)"),
+        (torch.zeros(3, 34, dtype=torch.long), ValueError, "n_ctx=33"),
+        (torch.zeros(0, 4, dtype=torch.long), ValueError, "tokens is empty"),
+    ],
+    ids=["float", "beyond d_vocab", "beyond n_ctx", "empty"],
+)
+def test_residual_stack_names_bad_tokens(model, bad_tokens, error, match) -> None:
+    with raises_one_sentence(error, match):
+        residual_stack(model, bad_tokens)
+
+
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("hook", "match"),
     [
@@ -262,5 +303,12 @@ def test_bad_arguments_get_a_clear_error(call, error, match) -> None:
     ],
 )
 def test_steering_hook_checks_the_activation_it_is_given(hook, match) -> None:
-    with pytest.raises(ValueError, match=match):
+    with raises_one_sentence(ValueError, match):
         hook(torch.zeros(2, 5, 4), hook_point())
+
+
+def test_float64_activations_are_cast_not_refused() -> None:
+    x, y = planted(200)
+    probe = train_probe(x.double(), y, N_CLASSES, ProbeConfig(batch_size=64, max_epochs=2))
+    assert probe.weight.dtype == torch.float32
+    torch.testing.assert_close(probe_accuracy(probe, x.double(), y), probe_accuracy(probe, x, y))

@@ -1,10 +1,12 @@
 """mechlearn.sae: SAE maths, the objective, the trainer, dead-latent resampling, metrics and ground-truth data."""
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
 import torch
+from bad_inputs import needs_cuda, raises_one_sentence
 
 import mechlearn.sae
 from mechlearn.models import ModelConfig, make_model
@@ -76,11 +78,14 @@ def killed(config: SAEConfig) -> SAE:
 # --- config and the SAE's maths ------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "fields, message",
     [
         (dict(d_in=0), "d_in"),
         (dict(d_sae=True), "d_sae"),
+        (dict(lr="1e-3"), "SAEConfig.lr must be a finite number"),
+        (dict(l1_coefficient=math.nan), "SAEConfig.l1_coefficient must be a finite number"),
         (dict(kind="gated"), "kind"),
         (dict(kind="topk", k=200), "cannot exceed d_sae"),
         (dict(dead_remedy="aux_k"), "dead_remedy"),
@@ -94,7 +99,7 @@ def killed(config: SAEConfig) -> SAE:
     ],
 )
 def test_config_rejects_bad_fields(fields, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with raises_one_sentence(ValueError, message):
         SAEConfig(**{"d_in": 8, "d_sae": 16, **fields})
 
 
@@ -299,9 +304,7 @@ def test_training_is_deterministic_under_the_seed(activations) -> None:
 
 
 def test_nan_loss_raises(activations) -> None:
-    sae = SAE(replace(RELU, steps=5, log_every=5))
-    with torch.no_grad():
-        sae.b_dec[0] = math.nan
+    sae = SAE(replace(RELU, steps=5, log_every=5, lr=1e30))  # NaN weights would be refused up front: grow them in training
     with pytest.raises(FloatingPointError, match="lr"):
         train_sae(sae, activations, progress=False)
 
@@ -320,6 +323,7 @@ def test_resampling_revives_killed_latents(activations, config) -> None:
     assert history["resample"][-1]["explained_variance"] > history["none"][-1]["explained_variance"] + 0.1
 
 
+@pytest.mark.bad_input
 def test_train_sae_checks_its_inputs(activations) -> None:
     sae = SAE(RELU)
     with pytest.raises(ValueError, match="d_in"):
@@ -438,6 +442,7 @@ def test_mmcs_is_signed_and_scale_free() -> None:
     assert mmcs(torch.cat([5 * true, -true]), true) == pytest.approx(1.0)
 
 
+@pytest.mark.bad_input
 def test_metrics_check_their_inputs() -> None:
     with pytest.raises(ValueError, match="same shape"):
         mse(torch.zeros(3, 2), torch.zeros(3, 4))
@@ -524,12 +529,18 @@ def test_sparse_feature_data_are_sparse_non_negative_combinations_of_a_seeded_di
     assert (coefficients > 1e-4).sum(dim=1).float().mean().item() == pytest.approx(2.0, abs=0.1)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "fields, message",
-    [(dict(n_features=0), "n_features"), (dict(d_model=-1), "d_model"), (dict(features_per_input=200.0), "features_per_input")],
+    [
+        (dict(n_features=0), "n_features"),
+        (dict(d_model=-1), "d_model"),
+        (dict(features_per_input=200.0), "features_per_input"),
+        (dict(features_per_input="3"), "SparseFeatureData.features_per_input must be a finite number"),
+    ],
 )
 def test_sparse_feature_data_rejects_bad_fields(fields, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with raises_one_sentence(ValueError, message):
         SparseFeatureData(**fields)
 
 
@@ -564,6 +575,7 @@ def test_score_latents_prefers_the_threshold_with_the_best_f1() -> None:
     assert score_latents(latents, properties, thresholds=(0.0,)).f1.item() == pytest.approx(2 * 2 / (3 + 2))
 
 
+@pytest.mark.bad_input
 def test_score_latents_checks_its_inputs() -> None:
     latents, properties = torch.rand(10, 4), torch.rand(10, 3) < 0.5
     properties[:, 1] = False
@@ -575,3 +587,104 @@ def test_score_latents_checks_its_inputs() -> None:
         score_latents(latents, properties[:5])
     with pytest.raises(ValueError, match="latents"):
         score_latents(latents.long(), properties)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def broken_sae(name: str, value: float = math.nan) -> SAE:
+    sae = tiny_sae()
+    with torch.no_grad():
+        parameter = getattr(sae, name)
+        parameter[(0,) * parameter.ndim] = value
+    return sae
+
+
+def resized_sae() -> SAE:
+    """A 2-in SAE that was given the weights of a 3-in one: its state disagrees with its config."""
+    sae = tiny_sae()
+    sae.b_dec = torch.nn.Parameter(torch.zeros(3))
+    return sae
+
+
+X2 = torch.tensor([[1.0, 2.0], [0.5, -1.0], [0.0, 3.0]])
+DEAD = torch.tensor([True, False, False])
+
+
+def stepped_adam(sae: SAE) -> torch.optim.Adam:
+    optimizer = torch.optim.Adam(sae.parameters())
+    sae_loss(sae, X2)["loss"].backward()
+    optimizer.step()
+    return optimizer
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda: tiny_sae()(X2[:, :1]), ValueError, "x"),
+        (lambda: tiny_sae()(X2[0]), ValueError, "x"),
+        (lambda: tiny_sae()(X2.long()), ValueError, "x"),
+        (lambda: tiny_sae()(X2[:0]), ValueError, "x"),
+        (lambda: tiny_sae().encode(X2.to("meta")), ValueError, "x"),
+        (lambda: tiny_sae().encode(torch.where(X2 > 2, math.inf, X2)), ValueError, "x"),
+        (lambda: tiny_sae().decode(X2), ValueError, "latents"),
+        (lambda: sae_loss(tiny_sae(), X2[:, :1]), ValueError, "x"),
+        (lambda: sae_loss(broken_sae("W_enc"), X2), ValueError, "sae.W_enc"),
+        (lambda: train_sae(broken_sae("b_dec", math.inf), X2, progress=False), ValueError, "sae.b_dec"),
+        (lambda: train_sae(resized_sae(), X2, progress=False), ValueError, "sae.b_dec"),
+        (lambda: splice_hook(broken_sae("W_dec")), ValueError, "sae.W_dec"),
+        (lambda: resample_dead_latents(tiny_sae(), X2, DEAD.float(), stepped_adam(tiny_sae()), torch.Generator()), ValueError, "dead"),
+        (lambda: resample_dead_latents(tiny_sae(), X2, DEAD[:2], stepped_adam(tiny_sae()), torch.Generator()), ValueError, "dead"),
+        (lambda: resample_dead_latents(tiny_sae(), X2, DEAD, torch.optim.Adam(tiny_sae().parameters()), torch.Generator()), TypeError, "optimizer"),
+        (lambda: activation_scale(X2.to("meta")), ValueError, "activations"),
+        (lambda: activation_scale(torch.full((3, 2), math.nan)), ValueError, "activations"),
+        (lambda: mse(X2, X2.to("meta")), ValueError, "reconstruction"),
+        (lambda: l0(X2.to("meta")), ValueError, "latents"),
+        (lambda: window_dead_fraction(torch.zeros(0, dtype=torch.long), 10), ValueError, "steps_since_fired"),
+        (lambda: mmcs(torch.full((3, 2), math.nan), X2), ValueError, "learned"),
+        (lambda: mmcs(X2, torch.full((3, 2), math.inf)), ValueError, "true"),
+        (lambda: score_latents(torch.full((3, 2), math.nan), DEAD[:, None]), ValueError, "latents"),
+        (lambda: score_latents(X2.abs(), DEAD[:, None], thresholds=(0.5, 1.5)), ValueError, "thresholds"),
+        (lambda: score_latents(X2.abs(), DEAD[:, None], thresholds=()), ValueError, "thresholds"),
+        (lambda: score_latents(X2.abs(), DEAD[:, None]).captured(min_f1=math.nan), ValueError, "min_f1"),
+        (lambda: SparseFeatureData(n_features=4, d_model=2).sample(3, 0), TypeError, "generator"),
+        pytest.param(lambda: tiny_sae()(X2.cuda()), ValueError, "x", marks=needs_cuda),
+        pytest.param(lambda: mse(X2, X2.cuda()), ValueError, "reconstruction", marks=needs_cuda),
+    ],
+    ids=[
+        "x of another d_in", "x without batch", "int x", "empty x", "meta x", "inf x", "latents of the wrong width",
+        "x of another d_in in sae_loss", "NaN encoder", "inf decoder bias", "state disagrees with config", "NaN decoder",
+        "float dead", "dead of the wrong length", "an optimizer that never stepped", "meta activations",
+        "NaN activations", "meta reconstruction", "meta latents", "no latents to count", "NaN learned", "inf true",
+        "NaN latents to score", "a threshold above 1", "no thresholds", "NaN min_f1", "seed for generator",
+        "x on another device", "reconstruction on another device",
+    ],
+)
+def test_bad_argument_is_named(call, error, name) -> None:
+    with raises_one_sentence(error, re.escape(name)):
+        call()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda model, tokens: loss_recovered(model, tokens, "blocks.1.hook_resid_prev", identity_sae(16), next_token_loss), ValueError, "hook_name"),
+        (lambda model, tokens: loss_recovered(model, tokens + 20, "blocks.1.hook_resid_pre", identity_sae(16), next_token_loss), ValueError, "tokens"),
+        (lambda model, tokens: loss_recovered(model, tokens.float(), "blocks.1.hook_resid_pre", identity_sae(16), next_token_loss), TypeError, "tokens"),
+        (lambda model, tokens: loss_recovered(model, tokens, "blocks.1.hook_resid_pre", identity_sae(16), "next_token_loss"), TypeError, "loss_fn"),
+    ],
+    ids=["unknown hook", "tokens beyond d_vocab", "float tokens", "a string for loss_fn"],
+)
+def test_bad_argument_to_loss_recovered_is_named(model, call, error, name) -> None:
+    tokens = torch.randint(0, 20, (2, 12), generator=torch.Generator().manual_seed(0))
+    with raises_one_sentence(error, re.escape(name)):
+        call(model, tokens)
+
+
+def test_float64_inputs_are_cast_not_refused() -> None:
+    sae = tiny_sae()
+    reconstruction, latents = sae(X2.double())
+    torch.testing.assert_close((reconstruction, latents), sae(X2))
+    assert reconstruction.dtype == torch.float32

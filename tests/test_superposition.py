@@ -1,9 +1,11 @@
 """mechlearn.superposition: toy models of superposition and the results of Elhage et al. (2022) in miniature."""
 
 import math
+import re
 
 import pytest
 import torch
+from bad_inputs import needs_cuda, raises_one_sentence
 
 from mechlearn.superposition import (
     PHASE_NAMES,
@@ -38,6 +40,7 @@ def cosines(W: torch.Tensor) -> torch.Tensor:
 # --- the model, the data and the loss --------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_config_rejects_bad_shapes() -> None:
     assert ToyModelConfig() == ToyModelConfig(n_features=5, n_hidden=2, n_instances=8)
     for bad in (dict(n_hidden=0), dict(n_features=2.0), dict(n_instances=True)):
@@ -113,6 +116,7 @@ def test_training_is_deterministic_and_logs_the_loss() -> None:
     assert histories[0][-1]["train_loss"] < histories[0][0]["train_loss"]
 
 
+@pytest.mark.bad_input
 def test_training_checks_its_inputs_and_raises_on_nan() -> None:
     model = ToyModel(ToyModelConfig(n_instances=2))
     with pytest.raises(ValueError, match=r"importance has shape \(3,\), which does not broadcast"):
@@ -207,6 +211,7 @@ def test_phase_diagram_has_the_papers_three_phases() -> None:
     assert (classes == theory).sum() >= 33
 
 
+@pytest.mark.bad_input
 def test_phase_diagram_checks_its_inputs() -> None:
     grid = torch.logspace(-1, 1, 3)
     with pytest.raises(ValueError, match=r"feature_density must lie in \(0, 1\]"):
@@ -215,3 +220,63 @@ def test_phase_diagram_checks_its_inputs() -> None:
         phase_diagram(torch.ones(2, 2), torch.ones(2), progress=False)
     with pytest.raises(ValueError, match="restarts must be a positive int"):
         phase_diagram(grid, grid / 10, restarts=0, progress=False)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+MODEL = ToyModel(ToyModelConfig(n_features=3, n_hidden=2, n_instances=2))
+X = torch.full((4, 2, 3), 0.5)
+GENERATOR = torch.Generator().manual_seed(0)
+
+
+def with_nan(values: torch.Tensor) -> torch.Tensor:
+    broken = values.clone()
+    broken.view(-1)[0] = math.nan
+    return broken
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda: MODEL(X.long()), TypeError, "features"),
+        (lambda: MODEL(X[0]), ValueError, "features"),
+        (lambda: MODEL(X.to("meta")), ValueError, "features"),
+        (lambda: sample_features(0, torch.full((2, 3), 0.1), GENERATOR), ValueError, "batch_size"),
+        (lambda: sample_features(4, torch.full((2, 3), 1.5), GENERATOR), ValueError, "feature_probability"),
+        (lambda: sample_features(4, torch.full((2, 3), -0.1), GENERATOR), ValueError, "feature_probability"),
+        (lambda: sample_features(4, torch.ones(2, 3, dtype=torch.long), GENERATOR), TypeError, "feature_probability"),
+        (lambda: sample_features(4, torch.full((2, 3), 0.1), 0), TypeError, "generator"),
+        (lambda: instance_losses(X, X, torch.ones(4)), ValueError, "importance"),
+        (lambda: instance_losses(X, X, with_nan(torch.ones(2, 3))), ValueError, "importance"),
+        (lambda: instance_losses(X[:2], X, torch.ones(3)), ValueError, "output"),
+        (lambda: instance_losses(with_nan(X), X, torch.ones(3)), ValueError, "output"),
+        (lambda: importance_weighted_loss(X, X[:0], torch.ones(3)), ValueError, "features"),
+        (lambda: importance_weighted_loss(X, X.long(), torch.ones(3)), TypeError, "features"),
+        (lambda: represented(with_nan(polygon(5))), ValueError, "W"),
+        (lambda: feature_dimensionality(polygon(5).to("meta")), ValueError, "W"),
+        (lambda: represented(polygon(5), threshold=-0.5), ValueError, "threshold"),
+        (lambda: classify_phase(torch.ones(3, 1, 2), threshold=math.nan), ValueError, "threshold"),
+        (lambda: phase_diagram(torch.tensor([math.inf]), torch.tensor([0.1]), progress=False), ValueError, "relative_importance"),
+        (lambda: phase_diagram(torch.ones(1), torch.tensor([0.1]), config=ToyModelConfig(), progress=False), TypeError, "config"),
+        (lambda: ToyModel(ToyModelConfig(), seed=0.5), TypeError, "seed"),
+        (lambda: train_toy_model(MODEL, torch.tensor(0.1), torch.tensor(-1.0), progress=False), ValueError, "importance"),
+        (lambda: ToyTrainConfig(lr=None), ValueError, "ToyTrainConfig.lr"),
+        pytest.param(lambda: MODEL(X.cuda()), ValueError, "features", marks=needs_cuda),
+        pytest.param(lambda: instance_losses(X.cuda(), X, torch.ones(3)), ValueError, "output", marks=needs_cuda),
+    ],
+    ids=[
+        "int features", "features without batch", "meta features", "zero batch_size", "probability above 1",
+        "negative probability", "int probability", "seed for generator", "importance of another shape", "NaN importance",
+        "output of another batch", "NaN output", "empty batch", "int features in the loss", "NaN W", "meta W",
+        "negative threshold", "NaN threshold", "inf importance", "a model config for config", "float seed",
+        "negative importance", "no lr", "features on another device", "output on another device",
+    ],
+)
+def test_bad_argument_is_named(call, error, name) -> None:
+    with raises_one_sentence(error, re.escape(name)):
+        call()
+
+
+def test_float64_features_are_cast_not_refused() -> None:
+    torch.testing.assert_close(MODEL(X.double()), MODEL(X))

@@ -1,8 +1,11 @@
 """Figures and explorers build without a browser and show the data they were given."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 from mechlearn import zoo
 from mechlearn.tasks import OthelloTask, SortingTask
@@ -29,6 +32,7 @@ def test_training_history_plots_each_metric_on_a_log_scale() -> None:
     assert plot_training_history(HISTORY, log_y=False).layout.yaxis.type == "linear"
 
 
+@pytest.mark.bad_input
 def test_training_history_names_what_is_missing() -> None:
     with pytest.raises(KeyError, match="accuracy"):
         plot_training_history(HISTORY, metrics=("accuracy",))
@@ -36,6 +40,7 @@ def test_training_history_names_what_is_missing() -> None:
         plot_training_history([])
 
 
+@pytest.mark.bad_input
 def test_attention_patterns_need_one_label_per_key() -> None:
     with pytest.raises(ValueError, match="labels has 2 entries"):
         plot_attention_patterns(torch.rand(2, 3, 3), ["a", "b"])
@@ -59,6 +64,7 @@ def test_attention_explorer_follows_its_controls(sorter_cache) -> None:
     assert explorer.figure.layout.title.text == "Layer 1, head 2, sequence 2"
 
 
+@pytest.mark.bad_input
 def test_attention_explorer_checks_labels(sorter_cache) -> None:
     cache, labels = sorter_cache
     with pytest.raises(ValueError, match="labels has 2 sequences but the cache has 3"):
@@ -151,6 +157,7 @@ EMPTY_BOARD, ALL_LEGAL = torch.zeros(36, dtype=torch.long), torch.ones(36, dtype
 MINE_THEIRS = CLASS_NAMES["mine_theirs"]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("plot", "message"),
     [
@@ -168,10 +175,17 @@ MINE_THEIRS = CLASS_NAMES["mine_theirs"]
         (lambda: plot_move_predictions(torch.randn(36) * 5, ALL_LEGAL), r"\[0, 1\]"),
         (lambda: plot_probe_accuracy_by_layer({"a": [0.5, 0.6], "b": [0.5]}), r"all the same length; got lengths \[1, 2\]"),
         (lambda: plot_probe_accuracy_by_layer({"a": [50.0, 60.0]}), "not percentages"),
+        (lambda: plot_probe_accuracy_by_layer({"a": [0.5, 0.6]}, baseline=50.0), "baseline must be None or a fraction"),
+        (lambda: plot_board(EMPTY_BOARD, last_move=1.5), "last_move must be a cell index"),
+        (lambda: plot_board(EMPTY_BOARD, size=-300), "size must be None or the figure's width"),
+        (lambda: plot_probe_reading(torch.full((36, 3), float("nan")), MINE_THEIRS), "softmax the probe's logits"),
+        (lambda: plot_move_predictions(torch.full((36,), float("nan")), ALL_LEGAL), r"\[0, 1\]"),
+        (lambda: plot_attention_patterns(torch.rand(4, 4), ["a"] * 4), "patterns must have 3 dims"),
+        (lambda: plot_attention_patterns(torch.full((1, 2, 2), float("nan")), ["a"] * 2), "patterns contains NaN"),
     ],
 )
 def test_board_figures_reject_bad_inputs(plot, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with raises_one_sentence(ValueError, message):
         plot()
 
 
@@ -205,6 +219,7 @@ def test_othello_explorer_without_a_probe_shows_two_boards(game) -> None:
     assert len(OthelloExplorer(OTHELLO, tokens, moves).figures) == 2
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -289,6 +304,7 @@ def test_feature_dimensionality_plots_each_feature_against_one_over_density() ->
     assert "2/5 pentagon" in [a.text for a in figure.layout.annotations]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("plot", "message"),
     [
@@ -299,8 +315,30 @@ def test_feature_dimensionality_plots_each_feature_against_one_over_density() ->
         (lambda: plot_phase_diagram(torch.full((1, 1), 3), torch.ones(1), torch.ones(1)), "indices into PHASE_NAMES"),
         (lambda: plot_feature_dimensionality(torch.ones(2, 3), torch.ones(3)), "one density per instance"),
         (lambda: plot_feature_dimensionality(torch.ones(2, 3), torch.tensor([0.5, 0.0])), r"feature_density must lie in \(0, 1\]"),
+        (lambda: plot_feature_dimensionality(torch.ones(3), torch.ones(3)), "dimensionality must have 2 dims"),
+        (lambda: plot_feature_dimensionality(torch.full((2, 3), float("nan")), torch.ones(2)), "dimensionality contains NaN"),
+        (lambda: plot_feature_geometry(torch.full((2, 2, 5), float("inf"))), "W contains NaN or inf"),
+        (lambda: plot_feature_geometry(TOY_W, columns=0), "columns must be a positive int"),
+        (lambda: plot_interference(torch.full((2, 2, 5), float("nan"))), "W contains NaN or inf"),
+        (lambda: plot_phase_diagram(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1), torch.ones(1)), "relative_importance must be positive"),
+        (lambda: plot_phase_diagram(torch.zeros(1, 1, dtype=torch.long), torch.ones(1), torch.tensor([float("nan")])), "feature_density must be positive"),
     ],
 )
 def test_superposition_figures_reject_bad_inputs(plot, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with raises_one_sentence(ValueError, message):
         plot()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: plot_training_history({"step": 1, "train_loss": 0.5}), "history"),
+        (lambda: plot_phase_diagram(torch.zeros(1, 1), torch.ones(1), torch.ones(1)), "classes"),
+        (lambda: plot_board(EMPTY_BOARD.tolist()), "board"),
+    ],
+    ids=["a dict for history", "float classes", "a list for board"],
+)
+def test_a_wrong_type_is_named(call, name) -> None:
+    with raises_one_sentence(TypeError, re.escape(name)):
+        call()

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+from bad_inputs import raises_one_sentence
 
 import mechlearn.viz as viz
 from mechlearn.tasks.othello import BLACK, WHITE
@@ -33,6 +34,7 @@ def test_cell_values_take_a_sequential_range_from_the_data_or_the_caller() -> No
     assert (heatmap.zmin, heatmap.zmax) == (0, 1)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -40,10 +42,11 @@ def test_cell_values_take_a_sequential_range_from_the_data_or_the_caller() -> No
         (lambda: plot_cell_values(torch.zeros(6, 6)), r"values has shape \(6, 6\)"),
         (lambda: plot_cell_values(torch.full((36,), float("nan"))), "finite"),
         (lambda: plot_cell_values(torch.rand(36), zmid=None, zmin=1, zmax=0), "zmin below zmax"),
+        (lambda: plot_cell_values(torch.rand(36), size=12.5), "size must be None or the figure's width"),
     ],
 )
 def test_cell_values_refuse_what_they_cannot_draw(call, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with raises_one_sentence(ValueError, message):
         call()
 
 
@@ -56,6 +59,7 @@ def test_sweep_draws_one_line_per_series_on_a_log_axis_and_marks_the_true_count(
     assert marker.name == "n true features" and list(marker.x) == [64, 64] and marker.line.dash == "dash"
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("sizes", "series", "n_true", "message"),
     [
@@ -129,6 +133,7 @@ def test_browser_buttons_step_through_latents_and_stop_at_the_ends(browser_data)
     assert browser.figures[2].layout.title.text.startswith("act ") and "to move" not in browser.figures[2].layout.title.text
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -142,12 +147,13 @@ def test_browser_buttons_step_through_latents_and_stop_at_the_ends(browser_data)
         (dict(descriptions=["one"]), "descriptions has 1 lines"),
         (dict(n_top=0), "n_top must be a positive integer"),
         (dict(latent=D_SAE), r"latent must be an index in \[0, 4\)"),
+        (dict(latents=torch.full((N, D_SAE), float("nan"))), "latents contains NaN or inf"),
     ],
 )
 def test_browser_names_the_bad_argument(browser_data, change, message) -> None:
     boards, legal, latents, effect, players = browser_data
     arguments = dict(boards=boards, legal=legal, latents=latents, logit_effect=effect, players=players) | change
-    with pytest.raises(ValueError, match=message):
+    with raises_one_sentence(ValueError, message):
         FeatureBrowser(**arguments)
 
 
