@@ -197,12 +197,12 @@ def _copy(target: nn.Parameter, source: Tensor, name: str) -> None:
 
 @torch.no_grad()
 def load_block_weights_from(block: TransformerBlock, source: nn.Module) -> TransformerBlock:
-    """Copy one `TransformerBridge` block (`bridge.blocks[l]`) into a from-scratch block."""
-    if block.has_mlp != hasattr(source, "mlp"):
-        raise ValueError(
-            f"block {'has' if block.has_mlp else 'has no'} MLP but the source block {'has none' if block.has_mlp else 'has one'}; "
-            "build it with the bridge's config."
-        )
+    """Copy one `TransformerBridge` block (`bridge.blocks[l]`) into a from-scratch block.
+
+    An attention-only block takes just the attention half of a source block that has an MLP.
+    """
+    if block.has_mlp and not hasattr(source, "mlp"):
+        raise ValueError("block has an MLP but the source block has none; build it with the bridge's config.")
     _copy(block.ln1_w, source.ln1.w, "ln1.w")
     _copy(block.ln1_b, source.ln1.b, "ln1.b")
     for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O"):
@@ -223,6 +223,13 @@ def load_weights_from(model: Transformer, bridge: TransformerBridge) -> Transfor
     if len(model.blocks) != len(bridge.blocks):
         raise ValueError(
             f"model has {len(model.blocks)} blocks but the bridge has {len(bridge.blocks)}; build it with the bridge's config."
+        )
+    # A block may take half of a source block (see above); a whole model must match the bridge.
+    ours, theirs = model.blocks[0].has_mlp, hasattr(bridge.blocks[0], "mlp")
+    if ours != theirs:
+        raise ValueError(
+            f"model {'has' if ours else 'has no'} MLPs but the bridge {'has them' if theirs else 'has none'}; "
+            "build it with the bridge's config."
         )
     _copy(model.W_E, bridge.W_E, "W_E")
     _copy(model.W_pos, bridge.W_pos, "W_pos")

@@ -213,7 +213,7 @@ def test_functions_name_bad_inputs(call, error, match: str) -> None:
     [
         (dataclasses.replace(SMALL, d_model=8, d_head=4), SMALL, ValueError, r"The bridge's W_E has shape \(5, 6\) but yours has \(5, 8\)"),
         (dataclasses.replace(SMALL, n_layers=2), SMALL, ValueError, "model has 2 blocks but the bridge has 1"),
-        (dataclasses.replace(SMALL, d_mlp=None), SMALL, ValueError, "block has no MLP but the source block has one"),
+        (dataclasses.replace(SMALL, d_mlp=None), SMALL, ValueError, "model has no MLPs but the bridge has them"),
         (SMALL, None, TypeError, "bridge must be a TransformerBridge, got Transformer"),
     ],
     ids=["shape", "n-layers", "mlp", "not-a-bridge"],
