@@ -19,7 +19,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn import transformer
-from mechlearn.checks.core import CheckFailed, call_learner, check, expect, expect_tensor
+from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model, model_device
 from mechlearn.tasks import SortingTask
 from mechlearn.train import next_token_accuracy
@@ -50,19 +50,6 @@ def _weights(module: torch.nn.Module, *names: str) -> list[torch.Tensor]:
     return [getattr(module, name).detach().clone() for name in names]
 
 
-def _call_leaving_input_intact(fn: object, name: str, tensor: torch.Tensor, *args: object, **kwargs: object) -> object:
-    """`fn(tensor, *args, **kwargs)` on a copy of `tensor`, failing if `fn` overwrote it: its caller still needs it."""
-    given = tensor.clone()
-    result = call_learner(fn, given, *args, **kwargs)
-    expect(
-        torch.equal(given, tensor),
-        f"your function changed its argument `{name}` in place",
-        hint="the caller may use that tensor again (a block adds its input back to the residual stream): in-place "
-        "operations such as `-=`, `/=` or methods ending in `_` overwrite it, while `x = x - m` makes a new tensor.",
-    )
-    return result
-
-
 def _call_on(case: str, hint: str, fn: object, *args: object, **kwargs: object) -> object:
     """`call_learner`, but a crash names the `case` the check was trying and gives the check's own hint."""
     try:
@@ -80,7 +67,7 @@ def check_layer_norm(layer_norm) -> None:
         "subtract the mean over d_model, divide by sqrt(variance + eps) with the biased variance "
         "(the mean of the squares), then multiply by w and add b."
     )
-    actual = _call_leaving_input_intact(layer_norm, "x", x, w, b)
+    actual = call_learner_read_only(layer_norm, x, w, b)
     expect_tensor(actual, cache["blocks.0.ln1.hook_out"], what="the output of layer_norm", hint=hint, **TOLERANCE)
     # The rows' variance (about 1e-3 here) is near eps, so eps dropped, hard-coded or outside the root shows.
     small, eps = 0.1 * x, 1e-3
@@ -238,7 +225,7 @@ def check_sample_next_token(sample_next_token) -> None:
     """Greedy at temperature 0; at temperature T each row's draws follow softmax(row / T), as the generator decides."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 7, generator=generator)
-    greedy = _call_leaving_input_intact(sample_next_token, "logits", logits, 0.0, generator)
+    greedy = call_learner_read_only(sample_next_token, logits, 0.0, generator)
     expect_tensor(greedy, logits.argmax(dim=-1), what="the greedy samples (temperature 0)", hint="at temperature 0 return the argmax.")
     _expect_rows_follow_softmax(sample_next_token, temperature=2.0, generator=generator)
     _expect_generator_decides(sample_next_token)
@@ -249,7 +236,7 @@ def _expect_rows_follow_softmax(sample_next_token, temperature: float, generator
     n_draws = 20_000  # per row: a standard error under 0.004 against the 0.02 allowed
     n_rows, d_vocab = SAMPLING_ROWS.shape
     logits = SAMPLING_ROWS.repeat(n_draws, 1)  # the rows alternate
-    draws = _call_leaving_input_intact(sample_next_token, "logits", logits, temperature, generator)
+    draws = call_learner_read_only(sample_next_token, logits, temperature, generator)
     expected_shape = torch.zeros(len(logits), dtype=torch.long)
     expect_tensor(draws, expected_shape, what="the samples", atol=math.inf, hint="return one token id per row.")
     for row, row_draws in zip(SAMPLING_ROWS, draws.reshape(n_draws, n_rows).T):

@@ -107,8 +107,9 @@ def call_learner_read_only(fn: object, *args: Any, **kwargs: Any) -> Any:
         expect(
             _same(original, copy),
             f"`{name}` changed its argument `{argument}` in place",
-            hint="work on a copy (`.clone()`) or build a new tensor: the caller still needs the original, "
-            "and an activation edited in place changes the cache it came from too",
+            hint="in-place operations (`-=`, `/=`, index assignment, methods ending in `_`) overwrite a tensor the "
+            "caller still needs, and an activation edited in place changes the cache it came from too: "
+            "build a new tensor (`x = x - m`), or `.clone()` first",
         )
     return result
 
