@@ -6,7 +6,7 @@ import pytest
 import torch
 from bad_inputs import raises_one_sentence
 
-import mechlearn.viz as viz
+import mechlearn.viz.sae as viz_sae
 from mechlearn.tasks.othello import BLACK, WHITE
 from mechlearn.viz import FeatureBrowser, plot_cell_values, plot_dictionary_size_sweep
 
@@ -159,7 +159,7 @@ def test_browser_names_the_bad_argument(browser_data, change, message) -> None:
 
 def test_browser_steps_through_latents_at_full_size(monkeypatch) -> None:
     """20,000 positions and 512 latents, the chapter's size; serialising each figure stands in for the notebook's display."""
-    monkeypatch.setattr(viz, "display", lambda figure: figure.to_json())
+    monkeypatch.setattr(viz_sae, "display", lambda figure: figure.to_json())
     generator = torch.Generator().manual_seed(0)
     n, d_sae = 20_000, 512
     boards = torch.randint(-1, 2, (n, 36), generator=generator)
