@@ -1,6 +1,6 @@
 """Named, pretrained toy models that ship inside the package (introduced in chapter 01).
 
-Each model has a recipe (task, model shape, training settings, seed) and a checkpoint:
+Each model has a recipe (task, model shape, training settings, seed; see `recipes.py`) and a checkpoint:
 `checkpoints/NAME.safetensors` plus a JSON card with the config, the recipe, the final
 metrics and the sha256 of the weights. `load(name)` checks the hash; `train(name)`
 rebuilds the checkpoint from its recipe, so nothing is ever downloaded.
@@ -10,181 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import time
 from importlib.metadata import version
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn.induction import (
-    first_record_where,
-    induction_circuit_summary,
-    induction_scores,
-    loss_on_tokens,
-    repeated_tokens_patterns,
-    training_monitor,
-)
-from mechlearn.models import CheckpointError, ModelConfig, load_model, make_model, read_card, save_model
+from mechlearn.models import CheckpointError, load_model, make_model, read_card, save_model
 from mechlearn.sampling import generate
-from mechlearn.tasks import FixedOffsetRepeatTask, InductionTask, LabelledTokens, SortingTask, Task
-from mechlearn.tasks.othello import OthelloTask, legal_move_accuracy
-from mechlearn.train import EvalFn, TrainConfig, task_accuracy, task_loss, train as train_model
+from mechlearn.tasks import SortingTask, Task
+from mechlearn.train import task_accuracy, task_loss, train as train_model
 from mechlearn.validation import check_positive_int
+from mechlearn.zoo.recipes import RECIPES, Recipe
+
+# What the chapters use from the recipes: their tasks, held-out data and the score chapter 03 asserts.
+from mechlearn.zoo.recipes import (  # noqa: F401
+    FIXED_OFFSET_TASK,
+    HELD_OUT_SEED,
+    INDUCTION_SCORE_TARGET,
+    INDUCTION_TASK,
+    OTHELLO_TASK,
+    held_out_labelled,
+)
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
-HELD_OUT_SEED = 10_000  # held-out evaluation data never share a seed with training data
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """Everything needed to rebuild a zoo model from nothing."""
-
-    description: str
-    chapter: str
-    task: Task
-    model: ModelConfig
-    training: TrainConfig
-    monitor: Callable[[], EvalFn] | None = None
-    """Makes a fresh `eval_fn` for one training run; what it returns joins each history record."""
-    card_metrics: Callable[[TransformerBridge, list[dict[str, float]]], dict[str, Any]] | None = None
-    """Extra numbers for the card, from the trained model and its training history."""
-
-
-def _sorter_recipe() -> Recipe:
-    task = SortingTask(n_digits=10, length=6)
-    return Recipe(
-        description="Sorts 6 digits: reads `BOS x1..x6 SEP` and writes the digits in ascending order.",
-        chapter="1_foundations/01_transformers_from_scratch",
-        task=task,
-        model=ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=64, n_layers=2, n_heads=4, d_head=16, d_mlp=256, seed=0),
-        training=TrainConfig(steps=1000, batch_size=64, lr=3e-3, eval_every=100, seed=0),
-    )
-
-
-# --- chapter 03: induction heads ----------------------------------------------------------------
-
-INDUCTION_TASK = InductionTask(
-    n_tokens=48, n_ctx=33, n_repeats=2, min_repeat_len=4, max_repeat_len=12, bigram_fraction=0.1, branching=16, chain_seed=0
-)
-INDUCTION_SCORE_TARGET = 0.8  # the score the chapter asserts, and the one whose arrival time we report
-
-
-def held_out_labelled(task: InductionTask | FixedOffsetRepeatTask, n_sequences: int = 1000) -> LabelledTokens:
-    """Labelled sequences drawn with the held-out seed: the batch the chapter-03 cards are measured on."""
-    check_positive_int(n_sequences, "n_sequences")
-    return task.sample_labelled(n_sequences, torch.Generator().manual_seed(HELD_OUT_SEED))
-
-
-def _induction_monitor() -> EvalFn:
-    task = INDUCTION_TASK
-    return training_monitor(held_out_labelled(task, 256), seq_len=(task.n_ctx - 1) // 2, bos=task.bos)
-
-
-def _induction_card_metrics(model: TransformerBridge, history: list[dict[str, float]]) -> dict[str, Any]:
-    arrival = first_record_where(history, "induction_score_L1", INDUCTION_SCORE_TARGET)
-    return {
-        "circuit": induction_circuit_summary(model, held_out_labelled(INDUCTION_TASK), INDUCTION_TASK.bos),
-        "step_to_induction": None if arrival is None else arrival["step"],
-        "seconds_to_induction": None if arrival is None else round(arrival["seconds"], 1),
-    }
-
-
-def _induction_recipe() -> Recipe:
-    task = INDUCTION_TASK
-    return Recipe(
-        description="A 2-layer attention-only transformer with a previous-token head in layer 0 and induction "
-        "heads in layer 1, trained on bigram text mixed with random tokens repeated at random offsets.",
-        chapter="1_foundations/03_induction_heads",
-        task=task,
-        model=ModelConfig(
-            d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=64, n_layers=2, n_heads=2, d_head=32, d_mlp=None, seed=0
-        ),
-        training=TrainConfig(steps=3000, batch_size=64, lr=6e-3, weight_decay=0.0, eval_every=50, eval_batch_size=256, seed=0),
-        monitor=_induction_monitor,
-        card_metrics=_induction_card_metrics,
-    )
-
-
-FIXED_OFFSET_TASK = FixedOffsetRepeatTask(n_tokens=INDUCTION_TASK.n_tokens, length=(INDUCTION_TASK.n_ctx - 1) // 2)
-
-
-def _fixed_offset_monitor() -> EvalFn:
-    task = FIXED_OFFSET_TASK
-    return training_monitor(held_out_labelled(task, 256), seq_len=task.length, bos=task.bos)
-
-
-@torch.no_grad()
-def _fixed_offset_card_metrics(model: TransformerBridge, history: list[dict[str, float]]) -> dict[str, Any]:
-    """How the one-layer model does on its own fixed offset, and on InductionTask's random offsets."""
-    fixed, random_offsets = held_out_labelled(FIXED_OFFSET_TASK), held_out_labelled(INDUCTION_TASK)
-    fixed_logits, random_logits = model(fixed.tokens), model(random_offsets.tokens)
-    shorter = FIXED_OFFSET_TASK.length // 2
-    return {
-        "uniform_loss": math.log(FIXED_OFFSET_TASK.n_tokens),
-        "loss_repeated_fixed_offset": loss_on_tokens(fixed_logits, fixed.tokens, fixed.repeated).item(),
-        "loss_first_fixed_offset": loss_on_tokens(fixed_logits, fixed.tokens, fixed.first).item(),
-        "loss_repeated_random_offsets": loss_on_tokens(random_logits, random_offsets.tokens, random_offsets.repeated).item(),
-        "loss_first_random_offsets": loss_on_tokens(random_logits, random_offsets.tokens, random_offsets.first).item(),
-        # A positional head looks like an induction head when measured at the offset it learned.
-        f"induction_scores_seq_len_{FIXED_OFFSET_TASK.length}": _induction_scores_at(model, FIXED_OFFSET_TASK.length),
-        f"induction_scores_seq_len_{shorter}": _induction_scores_at(model, shorter),
-    }
-
-
-def _induction_scores_at(model: TransformerBridge, seq_len: int) -> list[list[float]]:
-    _, patterns = repeated_tokens_patterns(model, seq_len, bos=FIXED_OFFSET_TASK.bos)
-    return induction_scores(patterns, seq_len).tolist()
-
-
-def _fixed_offset_recipe() -> Recipe:
-    task = FIXED_OFFSET_TASK
-    return Recipe(
-        description="The pitfall of chapter 03: a 1-layer attention-only transformer that predicts the second "
-        "half of [BOS, x, x] by position alone, and fails on repeats at random offsets.",
-        chapter="1_foundations/03_induction_heads",
-        task=task,
-        model=ModelConfig(
-            d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=64, n_layers=1, n_heads=2, d_head=32, d_mlp=None, seed=0
-        ),
-        training=TrainConfig(steps=1000, batch_size=64, lr=3e-3, weight_decay=0.0, eval_every=50, seed=0),
-        monitor=_fixed_offset_monitor,
-        card_metrics=_fixed_offset_card_metrics,
-    )
-
-
-# --- chapter 04: a world model you can check ---------------------------------------------------
-
-OTHELLO_TASK = OthelloTask(size=6)
-
-
-@torch.no_grad()
-def _othello_card_metrics(model: TransformerBridge, history: list[dict[str, float]]) -> dict[str, Any]:
-    tokens = OTHELLO_TASK.sample(1000, torch.Generator().manual_seed(HELD_OUT_SEED))
-    return {f"held_out_{name}": round(value, 5) for name, value in legal_move_accuracy(model(tokens), OTHELLO_TASK.replay(tokens)).items()}
-
-
-def _othello_recipe() -> Recipe:
-    task = OTHELLO_TASK
-    return Recipe(
-        description="Predicts the legal next moves of 6x6 Othello from the moves so far; it never sees the board.",
-        chapter="1_foundations/04_probing_world_models",
-        task=task,
-        model=ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=128, n_layers=4, n_heads=4, d_head=32, d_mlp=512, seed=0),
-        training=TrainConfig(steps=2000, batch_size=128, lr=2e-3, warmup_steps=100, eval_every=100, eval_batch_size=512, seed=0),
-        card_metrics=_othello_card_metrics,
-    )
-
-
-RECIPES: dict[str, Recipe] = {
-    "sort-digits-2l": _sorter_recipe(),
-    "induction-2l": _induction_recipe(),
-    "repeat-fixed-offset-1l": _fixed_offset_recipe(),
-    "othello-6x6-4l": _othello_recipe(),
-}
 
 
 def list_models() -> list[str]:
