@@ -16,6 +16,7 @@ def test_without_override_a_real_device_is_chosen(monkeypatch) -> None:
     assert torch.zeros(1, device=mechlearn.device()).device.type == mechlearn.device().type
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("name", ["cuad", "gpu", "cpu:x"])
 def test_a_misspelt_device_is_named(monkeypatch, name) -> None:
     monkeypatch.setenv("MECHLEARN_DEVICE", name)
@@ -23,6 +24,7 @@ def test_a_misspelt_device_is_named(monkeypatch, name) -> None:
         mechlearn.device()
 
 
+@pytest.mark.bad_input
 def test_a_device_this_machine_lacks_is_named(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("cuda", "cuda:1"):
@@ -31,6 +33,7 @@ def test_a_device_this_machine_lacks_is_named(monkeypatch) -> None:
             mechlearn.device()
 
 
+@pytest.mark.bad_input
 def test_a_gpu_index_beyond_the_gpus_is_named(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

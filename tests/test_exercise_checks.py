@@ -17,8 +17,8 @@ from nbclient import NotebookClient
 
 from mechlearn.course import ROOT, exercise_count, make_exercise_notebook
 
-# No cell takes a minute; a cell "running" for five has lost its reply (see the rerun below).
-CELL_TIMEOUT = 300
+# No cell takes half a minute; a cell "running" for two has lost its reply (see the rerun below).
+CELL_TIMEOUT = 120
 
 EXERCISES = [
     path

@@ -67,6 +67,7 @@ def test_local_folder_matches_hf_logits_and_has_hooks(tmp_path):
     assert bridge.to_tokens("ab c").tolist() == [[0, 1, 2, 27, 3]]  # BOS, then one per char
 
 
+@pytest.mark.bad_input
 def test_hub_name_offline_and_not_cached_fails_fast(offline_empty_cache):
     start = time.perf_counter()
     with pytest.raises(PretrainedUnavailable, match=r"mechlearn\.zoo") as info:
@@ -82,6 +83,7 @@ def hub_answers(monkeypatch):
     monkeypatch.setattr(mechlearn.models, "_hub_reachable", lambda: True)
 
 
+@pytest.mark.bad_input
 def test_no_network_without_the_offline_flag_fails_before_the_hub_client_retries(tmp_path, monkeypatch):
     """The hub client would retry for about half a minute; one short connection attempt says it at once."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -102,6 +104,7 @@ def test_no_network_without_the_offline_flag_fails_before_the_hub_client_retries
     assert len(attempts) == 1 and attempts[0][1] <= 5
 
 
+@pytest.mark.bad_input
 def test_wrapped_connection_error_becomes_pretrained_unavailable(monkeypatch, hub_answers):
     # Without the offline flag, transformers wraps the HTTP error in a plain OSError.
     def boot_without_network(*args, **kwargs):
@@ -124,6 +127,7 @@ def test_other_hub_errors_are_not_reported_as_no_network(monkeypatch, hub_answer
         load_pretrained("nosuchorg/nosuchmodel")
 
 
+@pytest.mark.bad_input
 def test_missing_local_folder_says_it_does_not_exist(tmp_path, offline_empty_cache):
     missing = tmp_path / "no_such_model"
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -132,6 +136,7 @@ def test_missing_local_folder_says_it_does_not_exist(tmp_path, offline_empty_cac
         load_pretrained("./no_such_model_here")
 
 
+@pytest.mark.bad_input
 def test_folder_without_config_or_a_file_is_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_pretrained(str(tmp_path))
@@ -141,6 +146,7 @@ def test_folder_without_config_or_a_file_is_rejected(tmp_path):
         load_pretrained(str(a_file))
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("name", [None, 123, Path("gpt2"), "", "   "])
 def test_name_must_be_a_non_empty_str(name):
     with pytest.raises(TypeError, match="name"):
