@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -162,21 +163,14 @@ def _overlap(a: list[float], b: list[float]) -> bool:
     return min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1
 
 
-def _screenshot_on_failure(driver, name: str, tmp_path: Path):
+@contextmanager
+def _screenshot_on_failure(driver, path: Path) -> Iterator[None]:
     """Save what the browser shows when an assertion fails, and say where."""
-
-    class Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, error, _traceback):
-            if kind is not None and issubclass(kind, AssertionError):
-                path = tmp_path / f"{Path(name).stem}.png"
-                driver.save_screenshot(str(path))
-                error.args = (f"{error.args[0] if error.args else ''}\n(screenshot: {path})",)
-            return False
-
-    return Guard()
+    try:
+        yield
+    except AssertionError as error:
+        driver.save_screenshot(str(path))
+        raise AssertionError(f"{error}\n(screenshot: {path})") from None
 
 
 def _run_all(driver) -> None:
@@ -208,7 +202,7 @@ def _use_a_control(driver) -> None:
 def test_notebook_in_the_lab(lab: tuple[str, str], browser, notebook: str, tmp_path: Path) -> None:
     base, token = lab
     browser.get(f"{base}/lab/tree/{notebook}?token={token}&reset")
-    with _screenshot_on_failure(browser, notebook, tmp_path):
+    with _screenshot_on_failure(browser, tmp_path / f"{Path(notebook).stem}.png"):
         _run_all(browser)
 
         outputs = [output for cell in browser.execute_script(_OUTPUTS) for output in cell]
