@@ -98,7 +98,7 @@ def _board_figure(traces: list, side: int, title: str, px: int, colorbar: bool =
         margin=dict(_MARGIN, r=_MARGIN["r"] + (_COLORBAR_PX if colorbar else 0)),
         plot_bgcolor=_BOARD_GREEN, template=_BOARD_TEMPLATE,
         shapes=[dict(line=dict(color=_GRID_COLOUR, width=2), layer="below", **line) for line in grid],
-        legend=dict(orientation="h", x=0.5, xanchor="center", y=0, yanchor="top", font_size=11),
+        legend=dict(orientation="h", x=0.5, xanchor="center", y=0, yanchor="top", font_size=10, itemwidth=30),
         xaxis=dict(axis, range=[-0.5, side - 0.5], ticktext=list("ABCDEFGH"[:side]), side="top"),
         yaxis=dict(axis, range=[side - 0.5, -0.5], ticktext=[str(row + 1) for row in range(side)],
                    scaleanchor="x", scaleratio=1),
@@ -308,7 +308,8 @@ class OthelloExplorer(widgets.VBox):
         return f"{line}. {colour[player]} to move{passed}, {int(self.states.legal[0, position].sum())} legal moves."
 
     def redraw(self) -> None:
-        t, px = self.position.value, 300  # three boards side by side fit a notebook
+        # Three 240-px boards fit side by side beside an open file browser in a 1280-px window; narrower, they wrap.
+        t, px = self.position.value, 240
         legal = self.states.legal[0, t]
         last_move = int(self.tokens[t]) if t > 0 else None
         self.figures = [plot_board(self.states.boards[0, t], legal, title="True board", size=px, last_move=last_move)]
