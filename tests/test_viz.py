@@ -62,6 +62,13 @@ def test_attention_explorer_follows_its_controls(sorter_cache) -> None:
     explorer.layer.value, explorer.head.value, explorer.sequence.value = 1, 2, 2
     assert np.allclose(explorer.figure.data[0].z, cache["blocks.1.attn.hook_pattern"][2, 2].numpy())
     assert explorer.figure.layout.title.text == "Layer 1, head 2, sequence 2"
+    assert [a.text for a in explorer.figure.layout.annotations] == ["head 2"]  # the panel names the head shown
+
+
+@pytest.mark.bad_input
+def test_attention_patterns_need_a_name_per_head() -> None:
+    with pytest.raises(ValueError, match="heads names 1 heads but the patterns have 2"):
+        plot_attention_patterns(torch.rand(2, 3, 3), ["a", "b", "c"], heads=[0])
 
 
 @pytest.mark.bad_input

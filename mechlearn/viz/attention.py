@@ -17,14 +17,23 @@ from mechlearn.viz.widgets import EXPLORER_CLASS
 
 
 def plot_attention_patterns(
-    patterns: Float[Tensor, "n_heads query_pos key_pos"], labels: Sequence[str], title: str = "Attention patterns"
+    patterns: Float[Tensor, "n_heads query_pos key_pos"],
+    labels: Sequence[str],
+    title: str = "Attention patterns",
+    heads: Sequence[int] | None = None,
 ) -> go.Figure:
-    """One heatmap per head: row = the query position, column = the key it attends to."""
+    """One heatmap per head: row = the query position, column = the key it attends to.
+
+    `heads` numbers the panels (default 0, 1, ...), e.g. `[5]` for a single head 5.
+    """
     check_tensor(patterns, "patterns", 3, floating=True)
     check_finite(patterns, "patterns")
     n_heads, n_query, n_key = patterns.shape
     if len(labels) != n_key:
         raise ValueError(f"labels has {len(labels)} entries but the patterns have {n_key} key positions.")
+    heads = list(range(n_heads)) if heads is None else list(heads)
+    if len(heads) != n_heads:
+        raise ValueError(f"heads names {len(heads)} heads but the patterns have {n_heads}.")
     ticks = [f"{i}:{label}" for i, label in enumerate(labels)]
     figure = px.imshow(
         patterns.detach().cpu().numpy(),
@@ -38,7 +47,7 @@ def plot_attention_patterns(
         labels={"x": "key", "y": "query", "color": "attention"},
         title=title,
     )
-    figure.for_each_annotation(lambda a: a.update(text=f"head {a.text.split('=')[-1]}"))
+    figure.for_each_annotation(lambda a: a.update(text=f"head {heads[int(a.text.split('=')[-1])]}"))
     return figure
 
 
@@ -69,7 +78,7 @@ class AttentionExplorer(widgets.VBox):
     def redraw(self) -> None:
         pattern = self.cache[f"blocks.{self.layer.value}.attn.hook_pattern"][self.sequence.value, self.head.value]
         title = f"Layer {self.layer.value}, head {self.head.value}, sequence {self.sequence.value}"
-        self.figure = plot_attention_patterns(pattern[None], self.labels[self.sequence.value], title=title)
+        self.figure = plot_attention_patterns(pattern[None], self.labels[self.sequence.value], title, [self.head.value])
         self.output.clear_output(wait=True)
         with self.output:
             display(self.figure)
