@@ -38,8 +38,7 @@ def check_tensor(value: object, name: str, ndim: int | tuple[int, ...], floating
     dims = (ndim,) if isinstance(ndim, int) else ndim
     if value.ndim not in dims:
         raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got {describe(value)}.")
-    if value.is_meta:
-        raise ValueError(f"{name} is on the meta device and holds no values; build it on a real device.")
+    check_not_meta(value, name)
     if value.numel() == 0:
         raise ValueError(f"{name} is empty ({describe(value)}); pass at least one element along every dim.")
     if value.is_floating_point() != floating:
