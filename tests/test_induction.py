@@ -371,7 +371,16 @@ def test_bad_argument_is_named(call, error, name) -> None:
         (lambda model: induction.ablation_cost(model, torch.zeros(2, 25, dtype=torch.long), MASK, []), ValueError, "n_ctx"),
         (lambda model: induction.induction_circuit_summary(model, TOKENS, bos=0), TypeError, "labelled"),
     ],
-    ids=["zero seq_len", "no threshold", "float layer", "upper-case kind", "no kind", "tokens beyond d_vocab", "tokens beyond n_ctx", "tokens for labelled"],
+    ids=[
+        "zero seq_len",
+        "no threshold",
+        "float layer",
+        "upper-case kind",
+        "no kind",
+        "tokens beyond d_vocab",
+        "tokens beyond n_ctx",
+        "tokens for labelled",
+    ],
 )
 def test_bad_argument_to_a_model_function_is_named(random_model, call, error, name) -> None:
     with raises_one_sentence(error, re.escape(name)):

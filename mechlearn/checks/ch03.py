@@ -192,7 +192,11 @@ _READS = {
 @check
 def check_composition_scores(composition_scores) -> None:
     """Equals `induction.composition_scores` for every kind, on a random model, the zoo's and the hand-set circuit."""
-    models = [("a random model", random_model()), ("the zoo's induction-2l", zoo_model()), ("the hand-set circuit", circuit().model)]
+    models = [
+        ("a random model", random_model()),
+        ("the zoo's induction-2l", zoo_model()),
+        ("the hand-set circuit", circuit().model),
+    ]
     for name, model in models:
         for kind in induction.COMPOSITION_KINDS:
             expect_tensor(
