@@ -13,7 +13,8 @@ look back at the first:
 Each score is the mean attention weight on the position the definition names, so it
 lies in [0, 1] and is 1 exactly for a head that does nothing else. K-composition
 (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits") measures how
-much a later head's keys read what an earlier head wrote.
+much a later head's keys read what an earlier head wrote; Q- and V-composition, how much
+its queries or values do.
 """
 
 from __future__ import annotations
@@ -235,36 +236,60 @@ def find_previous_token_heads(
 # --- composition -----------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def k_composition_scores(
-    model: TransformerBridge, earlier_layer: int = 0, later_layer: int = 1
-) -> Float[Tensor, "earlier_head later_head"]:
-    """How much each later head's keys read what each earlier head writes (Elhage et al. 2021).
+COMPOSITION_KINDS = ("q", "k", "v")
+"""Which input of the later head reads the earlier head's output: its queries, keys or values."""
 
-    `||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F)` for head A in `earlier_layer`
-    and head B in `later_layer`, computed with `FactoredMatrix` so that no d_model x d_model
-    product is formed. It equals the matching entries of
-    `model.all_composition_scores("K")`, except that a head with all-zero weights scores 0
-    rather than NaN; like it, it reads the raw weights (any LayerNorm weights in between are
-    not folded in).
+
+@torch.no_grad()
+def composition_scores(
+    model: TransformerBridge, kind: str, earlier_layer: int = 0, later_layer: int = 1
+) -> Float[Tensor, "earlier_head later_head"]:
+    """How much each later head's queries, keys or values read what each earlier head writes (Elhage et al. 2021).
+
+    Taught in chapter 03 (exercises 6 and 7). Elhage et al. (2021), "A Mathematical Framework
+    for Transformer Circuits", section "Composition scores": for head A in `earlier_layer` and
+    head B in `later_layer` the score is `||W_OV^A R^B||_F / (||W_OV^A||_F ||R^B||_F)`, where
+    the reading matrix `R^B` is
+
+    - `W_QK^B` for `kind="q"`: the residual stream enters `x W_QK y^T` from the left at the query;
+    - `(W_QK^B)^T` for `kind="k"`: it enters from the right at the key, hence the transpose;
+    - `W_OV^B` for `kind="v"`: the values read it and write it on.
+
+    `W_QK = W_Q W_K^T` and `W_OV = W_V W_O` are `FactoredMatrix` objects, so no
+    d_model x d_model product is formed. It equals the matching entries of
+    `model.all_composition_scores(kind.upper())`, except that a head with all-zero weights
+    scores 0 rather than NaN; like it, it reads the raw weights (any LayerNorm weights in
+    between are not folded in).
     """
+    if kind not in COMPOSITION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, COMPOSITION_KINDS))}, got {kind!r}.")
     if model.cfg.n_layers < 2:
-        raise ValueError(f"k_composition_scores needs a model with at least 2 layers; this one has {model.cfg.n_layers}.")
+        raise ValueError(f"composition_scores needs a model with at least 2 layers; this one has {model.cfg.n_layers}.")
     if not (is_int(earlier_layer) and is_int(later_layer) and 0 <= earlier_layer < later_layer < model.cfg.n_layers):
         raise ValueError(
-            f"k_composition_scores needs 0 <= earlier_layer < later_layer < {model.cfg.n_layers}, "
+            f"composition_scores needs 0 <= earlier_layer < later_layer < {model.cfg.n_layers}, "
             f"got earlier_layer={earlier_layer}, later_layer={later_layer}."
         )
     weights = (model.W_V[earlier_layer], model.W_O[earlier_layer], model.W_Q[later_layer], model.W_K[later_layer])
+    weights += (model.W_V[later_layer], model.W_O[later_layer])
     if not all(torch.isfinite(weight).all() for weight in weights):
         raise ValueError("model has NaN or inf in its attention weights, so its composition scores would mean nothing.")
     writes = model.OV[earlier_layer]  # [earlier_head d_model d_model]
-    # K-composition: the output of A is read through W_K, i.e. from the right of W_QK.
-    keys_read = model.QK[later_layer].T  # [later_head d_model d_model]
-    composed = writes[:, None] @ keys_read[None, :]
-    norms = writes.norm()[:, None] * keys_read.norm()[None, :]
+    reads = {"q": model.QK[later_layer], "k": model.QK[later_layer].T, "v": model.OV[later_layer]}[kind]
+    composed = writes[:, None] @ reads[None, :]
+    norms = writes.norm()[:, None] * reads.norm()[None, :]
     # A head whose weights are all zero writes or reads nothing: it composes with nothing (not 0/0).
     return torch.where(norms > 0, composed.norm() / norms.clamp(min=torch.finfo(norms.dtype).tiny), 0.0)
+
+
+def k_composition_scores(
+    model: TransformerBridge, earlier_layer: int = 0, later_layer: int = 1
+) -> Float[Tensor, "earlier_head later_head"]:
+    """How much each later head's keys read what each earlier head writes (taught in chapter 03, exercise 6).
+
+    `composition_scores(model, "k", ...)`: `||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F)`.
+    """
+    return composition_scores(model, "k", earlier_layer, later_layer)
 
 
 # --- losses and ablations ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ REFERENCE_ANSWERS = [
     (ch03.check_induction_scores, induction.induction_scores),
     (ch03.check_find_induction_heads, induction.find_induction_heads),
     (ch03.check_k_composition_scores, induction.k_composition_scores),
+    (ch03.check_composition_scores, induction.composition_scores),
     (ch03.check_ablation_cost, induction.ablation_cost),
 ]
 
@@ -183,6 +184,87 @@ def test_q_composition_instead_of_k() -> None:
 @pytest.mark.mistake
 def test_k_composition_without_normalising() -> None:
     expect_failure(ch03.check_k_composition_scores, lambda model: (model.OV[0][:, None] @ model.QK[1].T[None, :]).norm())
+
+
+def reads_in(layer: int, q: str = "q", k: str = "k", v: str = "v"):
+    """The reading matrix of each kind in `layer`, with a kind's right matrix replaced by another kind's."""
+    kinds = {"q": q, "k": k, "v": v}
+
+    def reads(model, kind):
+        return {"q": model.QK[layer], "k": model.QK[layer].T, "v": model.OV[layer]}[kinds[kind]]
+
+    return reads
+
+
+def composition(reads=reads_in(1), write_layer: int = 0, norm_of_reads=None):
+    """A learner's composition_scores with one choice swapped; zero-weight heads score 0 as they should."""
+
+    def scores(model, kind):
+        left, right = model.OV[write_layer], reads(model, kind)
+        norm_right = (norm_of_reads or reads)(model, kind).norm()
+        return ((left[:, None] @ right[None, :]).norm() / (left.norm()[:, None] * norm_right[None, :])).nan_to_num()
+
+    return scores
+
+
+@pytest.mark.mistake
+def test_v_composition_through_qk() -> None:
+    expect_failure(
+        ch03.check_composition_scores, composition(reads_in(1, v="q")), hint_contains="model.OV[1], its OV circuit, not its QK"
+    )
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize("kind", ["q", "k"])
+def test_q_and_k_with_the_transpose_swapped(kind) -> None:
+    reads = reads_in(1, q="k") if kind == "q" else reads_in(1, k="q")
+    message = expect_failure(ch03.check_composition_scores, composition(reads), hint_contains="transpose")
+    assert f"kind={kind!r}" in message
+
+
+@pytest.mark.mistake
+def test_v_composition_normalised_by_the_qk_norm() -> None:
+    # Copied from Q-composition: the product is right, the norm is still the query side's.
+    expect_failure(
+        ch03.check_composition_scores,
+        composition(norm_of_reads=reads_in(1, v="q")),
+        hint_contains="norms of the same two matrices",
+    )
+
+
+@pytest.mark.mistake
+def test_composition_normalised_by_the_writer_twice() -> None:
+    expect_failure(
+        ch03.check_composition_scores,
+        composition(norm_of_reads=lambda model, kind: model.OV[0]),
+        hint_contains="norms of the same two matrices",
+    )
+
+
+@pytest.mark.mistake
+def test_composition_with_the_layers_swapped() -> None:
+    # Layer 1 writing and layer 0 reading: an earlier head cannot read a later one.
+    expect_failure(ch03.check_composition_scores, composition(reads_in(0), write_layer=1), hint_contains="Layer 0 writes")
+
+
+@pytest.mark.mistake
+def test_v_composition_in_the_wrong_order() -> None:
+    def values_first(model, kind):
+        if kind != "v":
+            return composition()(model, kind)
+        return composition(reads_in(0), write_layer=1)(model, kind).T  # W_OV^B W_OV^A: layer 1's output read by layer 0
+
+    expect_failure(ch03.check_composition_scores, values_first, hint_contains="Layer 0 writes")
+
+
+@pytest.mark.mistake
+def test_composition_with_nan_for_zero_weight_heads() -> None:
+    def unguarded(model, kind):
+        writes, reads = model.OV[0], reads_in(1)(model, kind)
+        return (writes[:, None] @ reads[None, :]).norm() / (writes.norm()[:, None] * reads.norm()[None, :])
+
+    message = expect_failure(ch03.check_composition_scores, unguarded, hint_contains="not NaN")
+    assert "hand-set circuit" in message
 
 
 @pytest.mark.mistake

@@ -185,30 +185,47 @@ def test_heads_above() -> None:
 # --- K-composition ------------------------------------------------------------------------
 
 
-def test_k_composition_matches_transformer_lens() -> None:
+@pytest.mark.parametrize("kind", ["q", "k", "v"])
+def test_composition_matches_transformer_lens(kind) -> None:
     model = make_model(ModelConfig(d_vocab=12, n_ctx=10, d_model=20, n_layers=3, n_heads=3, d_head=6, d_mlp=None, seed=2))
-    reference = model.all_composition_scores("K").scores  # [layer head layer head]
+    reference = model.all_composition_scores(kind.upper()).scores  # [layer head layer head]
     for earlier, later in [(0, 1), (0, 2), (1, 2)]:
-        scores = induction.k_composition_scores(model, earlier, later)
+        scores = induction.composition_scores(model, kind, earlier, later)
         assert scores.shape == (3, 3)
         torch.testing.assert_close(scores, reference[earlier, :, later, :])
 
 
-def test_k_composition_by_hand() -> None:
-    # ||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F) with the full matrices written out.
+def test_composition_by_hand() -> None:
+    # ||W_OV^A R^B||_F / (||W_OV^A||_F ||R^B||_F) with the full matrices written out.
     model = make_model(ModelConfig(d_vocab=12, n_ctx=10, d_model=16, n_layers=2, n_heads=2, d_head=4, d_mlp=None, seed=5))
     with torch.no_grad():
         for a in range(2):
             for b in range(2):
                 ov = model.W_V[0, a] @ model.W_O[0, a]
                 qk = model.W_Q[1, b] @ model.W_K[1, b].T
-                expected = torch.linalg.norm(ov @ qk.T) / (torch.linalg.norm(ov) * torch.linalg.norm(qk))
-                assert induction.k_composition_scores(model)[a, b].item() == pytest.approx(expected.item(), rel=1e-4)
+                reads = {"q": qk, "k": qk.T, "v": model.W_V[1, b] @ model.W_O[1, b]}
+                for kind, read in reads.items():
+                    expected = torch.linalg.norm(ov @ read) / (torch.linalg.norm(ov) * torch.linalg.norm(read))
+                    actual = induction.composition_scores(model, kind)[a, b].item()
+                    assert actual == pytest.approx(expected.item(), rel=1e-4), kind
+    assert torch.equal(induction.k_composition_scores(model), induction.composition_scores(model, "k"))
+
+
+def test_composition_kinds_differ(random_model) -> None:
+    q, k, v = (induction.composition_scores(random_model, kind) for kind in "qkv")
+    assert not torch.allclose(q, k) and not torch.allclose(k, v) and not torch.allclose(q, v)
 
 
 def test_k_composition_is_largest_for_the_planted_pair(circuit) -> None:
     scores = induction.k_composition_scores(circuit.model)
     assert scores.argmax().item() == 2 * 3 + 1  # (previous-token head 2, induction head 1)
+
+
+def test_the_planted_circuit_composes_through_keys_only(circuit) -> None:
+    # Only the induction head's W_K reads the previous-token head's subspace; its W_Q and W_OV do not.
+    assert induction.composition_scores(circuit.model, "k")[2, 1] > 0.1
+    assert induction.composition_scores(circuit.model, "q").max() == 0
+    assert induction.composition_scores(circuit.model, "v").max() == 0
 
 
 @pytest.mark.bad_input
@@ -218,6 +235,8 @@ def test_k_composition_validation(random_model) -> None:
         induction.k_composition_scores(one_layer)
     with pytest.raises(ValueError, match="0 <= earlier_layer < later_layer < 2"):
         induction.k_composition_scores(random_model, 1, 1)
+    with pytest.raises(ValueError, match="0 <= earlier_layer < later_layer < 2"):
+        induction.composition_scores(random_model, "v", 1, 0)
 
 
 # --- losses and ablations ----------------------------------------------------------------
@@ -346,11 +365,22 @@ def test_bad_argument_is_named(call, error, name) -> None:
         (lambda model: induction.find_induction_heads(model, seq_len=0), ValueError, "seq_len"),
         (lambda model: induction.find_previous_token_heads(model, threshold=None), ValueError, "threshold"),
         (lambda model: induction.k_composition_scores(model, 0.0, 1), ValueError, "earlier_layer"),
+        (lambda model: induction.composition_scores(model, "K"), ValueError, "kind"),
+        (lambda model: induction.composition_scores(model, None), ValueError, "kind"),
         (lambda model: induction.ablation_cost(model, TOKENS + 16, MASK, []), ValueError, "tokens"),
         (lambda model: induction.ablation_cost(model, torch.zeros(2, 25, dtype=torch.long), MASK, []), ValueError, "n_ctx"),
         (lambda model: induction.induction_circuit_summary(model, TOKENS, bos=0), TypeError, "labelled"),
     ],
-    ids=["zero seq_len", "no threshold", "float layer", "tokens beyond d_vocab", "tokens beyond n_ctx", "tokens for labelled"],
+    ids=[
+        "zero seq_len",
+        "no threshold",
+        "float layer",
+        "upper-case kind",
+        "no kind",
+        "tokens beyond d_vocab",
+        "tokens beyond n_ctx",
+        "tokens for labelled",
+    ],
 )
 def test_bad_argument_to_a_model_function_is_named(random_model, call, error, name) -> None:
     with raises_one_sentence(error, re.escape(name)):
@@ -364,3 +394,8 @@ def test_nan_weights_are_named_not_scored(random_model) -> None:
         broken.blocks[0].attn.W_V[0, 0, 0] = float("nan")
     with raises_one_sentence(ValueError, "model"):
         induction.k_composition_scores(broken)
+    broken_values = copy.deepcopy(random_model)
+    with torch.no_grad():
+        broken_values.blocks[1].attn.W_V[0, 0, 0] = float("inf")
+    with raises_one_sentence(ValueError, "model"):
+        induction.composition_scores(broken_values, "v")

@@ -16,7 +16,7 @@ import functools
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn import induction
+from mechlearn import induction, zoo
 from mechlearn.checks.core import call_learner_read_only, check, expect, expect_tensor
 from mechlearn.handcrafted import InductionCircuit, induction_circuit_model
 from mechlearn.models import ModelConfig, make_model
@@ -173,6 +173,42 @@ def check_k_composition_scores(k_composition_scores) -> None:
         hint="||W_OV^A (W_QK^B)^T||_F / (||W_OV^A||_F ||W_QK^B||_F): model.OV[0] and model.QK[1].T are "
         "FactoredMatrix objects; broadcast them as [head_a, 1] @ [1, head_b] and use .norm().",
     )
+
+
+@functools.lru_cache(maxsize=1)
+def zoo_model() -> TransformerBridge:
+    return zoo.load("induction-2l")
+
+
+_READS = {
+    "q": "Q-composition reads through the later head's query, the left side of x W_QK y^T: model.QK[1], "
+    "no transpose (the transpose is K-composition)",
+    "k": "K-composition reads through the later head's key, the right side of x W_QK y^T: model.QK[1].T "
+    "(without the transpose it is Q-composition)",
+    "v": "V-composition reads through the later head's values: model.OV[1], its OV circuit, not its QK",
+}
+
+
+@check
+def check_composition_scores(composition_scores) -> None:
+    """Equals `induction.composition_scores` for every kind, on a random model, the zoo's and the hand-set circuit."""
+    models = [
+        ("a random model", random_model()),
+        ("the zoo's induction-2l", zoo_model()),
+        ("the hand-set circuit", circuit().model),
+    ]
+    for name, model in models:
+        for kind in induction.COMPOSITION_KINDS:
+            expect_tensor(
+                call_learner_read_only(composition_scores, model, kind),
+                induction.composition_scores(model, kind),
+                what=f"the {kind.upper()}-composition scores on {name} (kind={kind!r})",
+                atol=1e-5,
+                rtol=1e-4,
+                hint=f"{_READS[kind]}. Layer 0 writes (model.OV[0], rows), layer 1 reads (columns); divide by the "
+                "norms of the same two matrices you multiply, and give a head with all-zero weights (the hand-set "
+                "circuit has some) the score 0, not NaN.",
+            )
 
 
 @check
