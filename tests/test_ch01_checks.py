@@ -616,7 +616,8 @@ def test_sample_top_p_crossing_token_left_out_at_small_p() -> None:
     """With p below the top token's probability, leaving out the crossing token leaves nothing to draw."""
 
     def sample(logits, p, temperature=1.0, generator=None):
-        return sampling.sample_top_p(logits, p, temperature, generator) if p > 0.5 else greedy_or(top_p_excluding_the_crossing_token)(logits, p, temperature, generator)
+        mistake = sampling.sample_top_p if p > 0.5 else greedy_or(top_p_excluding_the_crossing_token)
+        return mistake(logits, p, temperature, generator)
 
     message = expect_failure(ch01.check_sample_top_p, sample, hint_contains="so the token that crosses p stays")
     assert message.startswith("✗ sample_top_p: with p=0.3 at temperature 1.0: `sample` raised RuntimeError")
