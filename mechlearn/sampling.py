@@ -45,7 +45,7 @@ def sample_top_k(
 ) -> Int[Tensor, "batch"]:
     """A draw from softmax(logits / T) renormalised over each row's k largest logits; greedy at T = 0.
 
-    Chapter 01 teaches it (exercise 12), after Fan et al. (2018), *Hierarchical Neural Story Generation*, §5.4.
+    Chapter 01 teaches it, after Fan et al. (2018), *Hierarchical Neural Story Generation*, §5.4.
     """
     _check_sampling_arguments(logits, temperature, generator)
     if not is_int(k) or not 1 <= k <= logits.shape[-1]:
@@ -63,7 +63,7 @@ def sample_top_p(
     tokens whose probabilities add up to at least `p`; greedy at T = 0.
 
     The nucleus is taken from the distribution at temperature T, the one sampled from.
-    Chapter 01 teaches it (exercise 13), after Holtzman et al. (2020), *The Curious Case of Neural Text
+    Chapter 01 teaches it, after Holtzman et al. (2020), *The Curious Case of Neural Text
     Degeneration*, §3.1.
     """
     _check_sampling_arguments(logits, temperature, generator)

@@ -13,9 +13,22 @@ from mechlearn import sampling, transformer, zoo
 from mechlearn.checks import ch01
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.tasks import SortingTask
+from mechlearn.train import next_token_loss
 from mechlearn.transformer import layer_norm
 
 # --- every check passes on the library's reference answer ---------------------------------
+
+
+def train_step(model, optimizer, tokens, target_mask, loss_fn=next_token_loss, zero_grad=True, step=True):
+    """The notebook's answer, built on the library's loss; the flags make its mistakes."""
+    loss = loss_fn(model(tokens), tokens, target_mask)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    if step:
+        optimizer.step()
+    return loss.item()
+
 
 REFERENCE_ANSWERS = [
     (ch01.check_layer_norm, transformer.layer_norm),
@@ -31,6 +44,7 @@ REFERENCE_ANSWERS = [
     (ch01.check_sample_next_token, sampling.sample_next_token),
     (ch01.check_sample_top_k, sampling.sample_top_k),
     (ch01.check_sample_top_p, sampling.sample_top_p),
+    (ch01.check_train_step, train_step),
 ]
 
 
@@ -381,6 +395,41 @@ class TransformerWithoutPosEmbed(transformer.Transformer):
 @pytest.mark.parametrize("mistake", [TransformerWithoutFinalLayerNorm, TransformerWithoutPosEmbed])
 def test_transformer_mistakes(mistake) -> None:
     expect_failure(ch01.check_transformer, mistake, hint_contains="the final LayerNorm")
+
+
+def loss_over_every_position(logits, tokens, target_mask):
+    return next_token_loss(logits, tokens)
+
+
+def loss_without_the_shift(logits, tokens, target_mask):
+    correct = logits.log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0][:, 1:]
+    return -correct[:, target_mask].mean()
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "mistake, problem",
+    [
+        (lambda *args: train_step(*args, loss_fn=loss_over_every_position), "at step 1 train_step returned the loss"),
+        (lambda *args: train_step(*args, loss_fn=loss_without_the_shift), "at step 1 train_step returned the loss"),
+        (lambda *args: train_step(*args, zero_grad=False), "after step 2"),
+        (lambda *args: train_step(*args, step=False), "after step 1"),
+    ],
+    ids=["every_position", "no_shift", "no_zero_grad", "no_step"],
+)
+def test_train_step_mistakes(mistake, problem: str) -> None:
+    message = expect_failure(ch01.check_train_step, mistake, hint_contains="optimizer.zero_grad(), loss.backward()")
+    assert problem in message
+
+
+@pytest.mark.mistake
+def test_train_step_returning_the_loss_tensor() -> None:
+    def returns_tensor(model, optimizer, tokens, target_mask):
+        train_step(model, optimizer, tokens, target_mask)
+        return next_token_loss(model(tokens), tokens, target_mask)
+
+    message = expect_failure(ch01.check_train_step, returns_tensor, hint_contains="loss.item()")
+    assert "returned Tensor, expected a float" in message
 
 
 def sampler(draw):

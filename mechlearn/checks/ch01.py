@@ -22,7 +22,7 @@ from mechlearn import transformer
 from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model, model_device
 from mechlearn.tasks import SortingTask
-from mechlearn.train import next_token_accuracy
+from mechlearn.train import next_token_accuracy, next_token_loss
 from mechlearn.transformer import load_block_weights_from, load_weights_from
 
 # d_head * n_heads != d_model, so an einsum that mixes up the two axes fails loudly.
@@ -216,6 +216,45 @@ def check_transformer(Transformer) -> None:
     )
 
 
+@check
+def check_train_step(train_step) -> None:
+    """Two calls on a small sorter move its weights as two SGD steps on the masked next-token loss do, and return that loss."""
+    task = SortingTask()
+    tokens = task.sample(16, torch.Generator().manual_seed(0))
+    with torch.random.fork_rng():  # the notebook's own random state stays as it was
+        torch.manual_seed(0)
+        config = ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32)
+        yours, expected = transformer.Transformer(config), transformer.Transformer(config)
+    expected.load_state_dict(yours.state_dict())
+    your_optimizer = torch.optim.SGD(yours.parameters(), lr=0.5)
+    expected_optimizer = torch.optim.SGD(expected.parameters(), lr=0.5)
+    hint = (
+        "loss = the mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1], over the predictions "
+        "target_mask marks; then optimizer.zero_grad(), loss.backward(), optimizer.step(), and return loss.item()."
+    )
+    for step in (1, 2):  # a second step shows gradients left over from the first
+        loss = call_learner(train_step, yours, your_optimizer, tokens.clone(), task.target_mask.clone())
+        expected_loss = next_token_loss(expected(tokens), tokens, task.target_mask)
+        expected_optimizer.zero_grad()
+        expected_loss.backward()
+        expected_optimizer.step()
+        expect(isinstance(loss, float), f"train_step returned {type(loss).__name__}, expected a float", hint="return loss.item().")
+        expect(
+            abs(loss - expected_loss.item()) < 1e-4,
+            f"at step {step} train_step returned the loss {loss:.4f}, but the next-token loss on the sorted half is {expected_loss.item():.4f}",
+            hint,
+        )
+        for name, parameter in yours.named_parameters():
+            expect_tensor(
+                parameter.detach(),
+                expected.get_parameter(name).detach(),
+                what=f"the weight {name} after step {step}",
+                hint=f"{hint} Without zero_grad the gradients of every step add up; without step nothing changes.",
+                atol=1e-5,
+                rtol=1e-4,
+            )
+
+
 # Two rows with different distributions, so that every row must be sampled from its own.
 SAMPLING_ROWS = torch.tensor([[2.0, 1.0, 0.0, -1.0], [-1.0, 0.5, 3.0, 0.0]])
 # Three rows whose most likely tokens sit in different places (the last all negative): top-k and top-p
@@ -227,7 +266,7 @@ TIED_ROW = torch.tensor([[0.0, 2.0, -1.0, 2.0, 1.0, -3.0]])
 N_DRAWS = 20_000  # per row: a standard error under 0.004 against the 0.02 allowed
 TOP_K_HINT = (
     "keep each row's k largest logits (`logits.topk(k, dim=-1)`), set every other logit to -inf, then sample "
-    "from softmax(logits / T) as in Exercise 11; return vocabulary ids, not positions in the sorted row."
+    "from softmax(logits / T) as `sample_next_token` does; return vocabulary ids, not positions in the sorted row."
 )
 TOP_P_HINT = (
     "divide by T and softmax first, then sort each row's probabilities in descending order and keep every token "
