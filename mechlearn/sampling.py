@@ -1,4 +1,4 @@
-"""Sampling from a model, greedily or with a temperature (taught in chapter 01)."""
+"""Sampling from a model: greedily, with a temperature, top-k or top-p (taught in chapter 01)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,7 @@ def _check_temperature(temperature: object) -> None:
         raise ValueError(f"temperature must be >= 0 and finite (0 is greedy), got {temperature!r}.")
 
 
-def sample_next_token(
-    logits: Float[Tensor, "batch d_vocab"], temperature: float = 1.0, generator: torch.Generator | None = None
-) -> Int[Tensor, "batch"]:
-    """Greedy (the most likely token) when `temperature == 0`, else a draw from softmax(logits / T)."""
+def _check_sampling_arguments(logits: object, temperature: object, generator: object) -> None:
     check_tensor(logits, "logits", 2, floating=True)
     if not (logits < math.inf).all():  # -inf is allowed: it is how a token is masked out
         raise ValueError("logits contains NaN or +inf; find where it was produced.")
@@ -30,10 +27,56 @@ def sample_next_token(
         raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}.")
     if generator is not None and generator.device.type != logits.device.type:
         raise ValueError(f"generator is on {generator.device} but logits is on {logits.device}; make it with torch.Generator({logits.device.type!r}).")
+
+
+def sample_next_token(
+    logits: Float[Tensor, "batch d_vocab"], temperature: float = 1.0, generator: torch.Generator | None = None
+) -> Int[Tensor, "batch"]:
+    """Greedy (the most likely token) when `temperature == 0`, else a draw from softmax(logits / T)."""
+    _check_sampling_arguments(logits, temperature, generator)
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = (logits / temperature).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+
+
+def sample_top_k(
+    logits: Float[Tensor, "batch d_vocab"], k: int, temperature: float = 1.0, generator: torch.Generator | None = None
+) -> Int[Tensor, "batch"]:
+    """A draw from softmax(logits / T) renormalised over each row's k largest logits; greedy at T = 0.
+
+    Chapter 01 teaches it, after Fan et al. (2018), *Hierarchical Neural Story Generation*, §5.4.
+    """
+    _check_sampling_arguments(logits, temperature, generator)
+    if not is_int(k) or not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"k must be an int from 1 to d_vocab={logits.shape[-1]}, got {k!r}.")
+    top = logits.topk(k, dim=-1)
+    # Exactly k tokens stay, even when the k-th largest logit is tied with one left out.
+    kept = torch.full_like(logits, -math.inf).scatter(-1, top.indices, top.values)
+    return sample_next_token(kept, temperature, generator)
+
+
+def sample_top_p(
+    logits: Float[Tensor, "batch d_vocab"], p: float, temperature: float = 1.0, generator: torch.Generator | None = None
+) -> Int[Tensor, "batch"]:
+    """Nucleus sampling: a draw from softmax(logits / T) renormalised over the smallest set of most likely
+    tokens whose probabilities add up to at least `p`; greedy at T = 0.
+
+    The nucleus is taken from the distribution at temperature T, the one sampled from.
+    Chapter 01 teaches it, after Holtzman et al. (2020), *The Curious Case of Neural Text
+    Degeneration*, §3.1.
+    """
+    _check_sampling_arguments(logits, temperature, generator)
+    if not (is_number(p) and 0 < p <= 1):
+        raise ValueError(f"p must be a number in (0, 1], got {p!r}.")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = (sorted_logits / temperature).softmax(dim=-1)
+    # A token stays if the mass before it is below p, so the token that crosses p stays too.
+    outside = probs.cumsum(dim=-1) - probs >= p
+    kept = torch.empty_like(logits).scatter(-1, order, sorted_logits.masked_fill(outside, -math.inf))
+    return sample_next_token(kept, temperature, generator)
 
 
 @torch.no_grad()

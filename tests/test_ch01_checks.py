@@ -13,9 +13,22 @@ from mechlearn import sampling, transformer, zoo
 from mechlearn.checks import ch01
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.tasks import SortingTask
+from mechlearn.train import next_token_loss
 from mechlearn.transformer import layer_norm
 
 # --- every check passes on the library's reference answer ---------------------------------
+
+
+def train_step(model, optimizer, tokens, target_mask, loss_fn=next_token_loss, zero_grad=True, step=True):
+    """The notebook's answer, built on the library's loss; the flags make its mistakes."""
+    loss = loss_fn(model(tokens), tokens, target_mask)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    if step:
+        optimizer.step()
+    return loss.item()
+
 
 REFERENCE_ANSWERS = [
     (ch01.check_layer_norm, transformer.layer_norm),
@@ -29,6 +42,9 @@ REFERENCE_ANSWERS = [
     (ch01.check_transformer_block, transformer.TransformerBlock),
     (ch01.check_transformer, transformer.Transformer),
     (ch01.check_sample_next_token, sampling.sample_next_token),
+    (ch01.check_sample_top_k, sampling.sample_top_k),
+    (ch01.check_sample_top_p, sampling.sample_top_p),
+    (ch01.check_train_step, train_step),
 ]
 
 
@@ -381,6 +397,41 @@ def test_transformer_mistakes(mistake) -> None:
     expect_failure(ch01.check_transformer, mistake, hint_contains="the final LayerNorm")
 
 
+def loss_over_every_position(logits, tokens, target_mask):
+    return next_token_loss(logits, tokens)
+
+
+def loss_without_the_shift(logits, tokens, target_mask):
+    correct = logits.log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0][:, 1:]
+    return -correct[:, target_mask].mean()
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "mistake, problem",
+    [
+        (lambda *args: train_step(*args, loss_fn=loss_over_every_position), "at step 1 train_step returned the loss"),
+        (lambda *args: train_step(*args, loss_fn=loss_without_the_shift), "at step 1 train_step returned the loss"),
+        (lambda *args: train_step(*args, zero_grad=False), "after step 2"),
+        (lambda *args: train_step(*args, step=False), "after step 1"),
+    ],
+    ids=["every_position", "no_shift", "no_zero_grad", "no_step"],
+)
+def test_train_step_mistakes(mistake, problem: str) -> None:
+    message = expect_failure(ch01.check_train_step, mistake, hint_contains="optimizer.zero_grad(), loss.backward()")
+    assert problem in message
+
+
+@pytest.mark.mistake
+def test_train_step_returning_the_loss_tensor() -> None:
+    def returns_tensor(model, optimizer, tokens, target_mask):
+        train_step(model, optimizer, tokens, target_mask)
+        return next_token_loss(model(tokens), tokens, target_mask)
+
+    message = expect_failure(ch01.check_train_step, returns_tensor, hint_contains="loss.item()")
+    assert "returned Tensor, expected a float" in message
+
+
 def sampler(draw):
     """A `sample_next_token` that is greedy at temperature 0 and otherwise returns `draw(logits, temperature, generator)`."""
 
@@ -482,6 +533,143 @@ def test_sample_next_token_greedy_wrong() -> None:
         return logits.argmin(dim=-1) if temperature == 0 else sampling.sample_next_token(logits, temperature, generator)
 
     expect_failure(ch01.check_sample_next_token, sample_next_token, hint_contains="argmax")
+
+
+def greedy_or(draw):
+    """A top-k or top-p sampler that is greedy at temperature 0 and otherwise returns `draw(logits, cutoff, temperature, generator)`."""
+
+    def sample(logits, cutoff, temperature=1.0, generator=None):
+        return logits.argmax(dim=-1) if temperature == 0 else draw(logits, cutoff, temperature, generator)
+
+    return sample
+
+
+def top_k_keeping(n_kept):
+    return greedy_or(lambda logits, k, T, g: sampling.sample_top_k(logits, min(n_kept(k), logits.shape[-1]), T, g))
+
+
+def top_k_positions(logits, k, temperature, generator):
+    return sampling.sample_next_token(logits.topk(k, dim=-1).values, temperature, generator)
+
+
+def top_k_in_place(logits, k, temperature, generator):
+    logits[logits < logits.topk(k, dim=-1).values[:, -1:]] = -math.inf
+    return sampling.sample_next_token(logits, temperature, generator)
+
+
+def top_k_by_threshold(logits, k, temperature, generator):
+    """Keeps every token tied with the k-th largest logit: right wherever the k-th is not tied with one outside."""
+    kth = logits.topk(k, dim=-1).values[:, -1:]
+    return sampling.sample_next_token(logits.masked_fill(logits < kth, -math.inf), temperature, generator)
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize("n_kept", [lambda k: k + 1, lambda k: k - 1], ids=["k_plus_one", "k_minus_one"])
+def test_sample_top_k_keeping_the_wrong_number(n_kept) -> None:
+    message = expect_failure(ch01.check_sample_top_k, top_k_keeping(n_kept), hint_contains="k largest logits")
+    assert "with k=3 at temperature 1.5 the row with logits" in message and "should come up, and no other" in message
+
+
+@pytest.mark.mistake
+def test_sample_top_k_returning_positions_in_the_sorted_row() -> None:
+    message = expect_failure(ch01.check_sample_top_k, greedy_or(top_k_positions), hint_contains="map them back to the vocabulary")
+    assert "drew the tokens [0, 1, 2], but [1, 2, 4] should come up" in message
+
+
+@pytest.mark.mistake
+def test_sample_top_k_returning_positions_fails_greedy_too() -> None:
+    def sample(logits, k, temperature=1.0, generator=None):
+        return top_k_positions(logits, k, max(temperature, 1e-6), generator)
+
+    message = expect_failure(ch01.check_sample_top_k, sample, hint_contains="not positions in the sorted row")
+    assert "the greedy samples (temperature 0)" in message
+
+
+@pytest.mark.mistake
+def test_sample_top_k_ignoring_the_temperature() -> None:
+    mistake = greedy_or(lambda logits, k, T, g: sampling.sample_top_k(logits, k, 1.0, g))
+    message = expect_failure(ch01.check_sample_top_k, mistake, hint_contains="softmax(logits / T)")
+    assert "with k=3 at temperature 1.5" in message and "frequencies" in message
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "check, reference",
+    [(ch01.check_sample_top_k, sampling.sample_top_k), (ch01.check_sample_top_p, sampling.sample_top_p)],
+    ids=["top_k", "top_p"],
+)
+def test_filters_ignoring_the_generator(check, reference) -> None:
+    mistake = greedy_or(lambda logits, cutoff, T, g: reference(logits, cutoff, T, None))
+    message = expect_failure(check, mistake, hint_contains="`generator` argument")
+    assert "seeded alike drew different tokens" in message
+
+
+@pytest.mark.mistake
+def test_sample_top_k_masking_in_place() -> None:
+    message = expect_failure(ch01.check_sample_top_k, greedy_or(top_k_in_place), hint_contains="in-place")
+    assert "changed its argument `logits` in place" in message
+
+
+def test_sample_top_k_by_threshold_passes() -> None:
+    ch01.check_sample_top_k(greedy_or(top_k_by_threshold))
+
+
+def nucleus(logits, p, temperature, crossing_stays=True):
+    """Sorted probabilities at temperature T, their vocabulary ids, and which of them are in the nucleus."""
+    probs, order = (logits / temperature).softmax(dim=-1).sort(dim=-1, descending=True)
+    mass = probs.cumsum(dim=-1) - probs if crossing_stays else probs.cumsum(dim=-1)
+    return probs, order, mass < p
+
+
+def top_p_excluding_the_crossing_token(logits, p, temperature, generator):
+    probs, order, kept = nucleus(logits, p, temperature, crossing_stays=False)
+    return order.gather(-1, multinomial(probs * kept, generator)[:, None])[:, 0]
+
+
+def top_p_nucleus_before_temperature(logits, p, temperature, generator):
+    _, order, kept = nucleus(logits, p, 1.0)
+    sorted_logits = logits.gather(-1, order).masked_fill(~kept, -math.inf)
+    return order.gather(-1, sampling.sample_next_token(sorted_logits, temperature, generator)[:, None])[:, 0]
+
+
+def top_p_without_renormalising(logits, p, temperature, generator):
+    """Inverts the kept probabilities' CDF at a uniform draw: the mass left out all goes to the last kept token."""
+    probs, order, kept = nucleus(logits, p, temperature)
+    position = torch.searchsorted((probs * kept).cumsum(dim=-1), torch.rand(len(logits), 1, generator=generator))
+    return order.gather(-1, position.minimum(kept.sum(dim=-1, keepdim=True) - 1))[:, 0]
+
+
+def top_p_positions(logits, p, temperature, generator):
+    probs, _, kept = nucleus(logits, p, temperature)
+    return multinomial(probs * kept, generator)
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "draw, hint, problem",
+    [
+        (top_p_excluding_the_crossing_token, "so the token that crosses p stays", "should come up, and no other"),
+        (top_p_nucleus_before_temperature, "divide by T and softmax first", "should come up, and no other"),
+        (top_p_without_renormalising, "which renormalises it", "renormalised over the tokens kept"),
+        (top_p_positions, "map them back to the vocabulary", "drew the tokens [0, 1, 2], but [1, 2, 4] should come up"),
+    ],
+    ids=["crossing_token_left_out", "nucleus_before_temperature", "not_renormalised", "positions_in_the_sorted_row"],
+)
+def test_sample_top_p_mistakes(draw, hint: str, problem: str) -> None:
+    message = expect_failure(ch01.check_sample_top_p, greedy_or(draw), hint_contains=hint)
+    assert "with p=0.85 at temperature 1.5 the row with logits" in message and problem in message
+
+
+@pytest.mark.mistake
+def test_sample_top_p_crossing_token_left_out_at_small_p() -> None:
+    """With p below the top token's probability, leaving out the crossing token leaves nothing to draw."""
+
+    def sample(logits, p, temperature=1.0, generator=None):
+        mistake = sampling.sample_top_p if p > 0.5 else greedy_or(top_p_excluding_the_crossing_token)
+        return mistake(logits, p, temperature, generator)
+
+    message = expect_failure(ch01.check_sample_top_p, sample, hint_contains="so the token that crosses p stays")
+    assert message.startswith("✗ sample_top_p: with p=0.3 at temperature 1.0: `sample` raised RuntimeError")
 
 
 @pytest.mark.mistake

@@ -1,4 +1,7 @@
-"""mechlearn.sampling: bad arguments are named in one sentence (the sampling itself is tested in test_transformer.py)."""
+"""mechlearn.sampling: top-k and top-p keep the right tokens; bad arguments are named in one sentence.
+
+Greedy and temperature sampling are tested in test_transformer.py.
+"""
 
 import math
 
@@ -7,7 +10,7 @@ import torch
 from bad_inputs import raises_one_sentence
 
 from mechlearn.models import ModelConfig, make_model
-from mechlearn.sampling import generate, sample_next_token
+from mechlearn.sampling import generate, sample_next_token, sample_top_k, sample_top_p
 
 CONFIG = ModelConfig(d_vocab=5, n_ctx=6, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=None)
 LOGITS = torch.tensor([[0.0, 5.0, 1.0], [3.0, -1.0, 2.0]])
@@ -24,6 +27,79 @@ def test_minus_infinity_still_masks_a_token() -> None:
     masked[:, 1] = -math.inf
     assert sample_next_token(masked, 0.0).tolist() == [2, 0]
     assert (sample_next_token(masked.repeat(50, 1), 1.0, torch.Generator().manual_seed(0)) != 1).all()
+
+
+# Probabilities at T=1: 0.64, 0.23, 0.09, 0.03, 0.01 (the second row is the first, shuffled).
+FILTER_ROWS = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0], [0.0, 1.0, -1.0, 3.0, 2.0]])
+
+
+def drawn(sample, *args: object) -> list[set[int]]:
+    """The set of tokens that came up in 2,000 draws from each row of FILTER_ROWS."""
+    draws = sample(FILTER_ROWS.repeat(2000, 1), *args, torch.Generator().manual_seed(0)).reshape(2000, 2)
+    return [set(column.tolist()) for column in draws.T]
+
+
+@pytest.mark.parametrize("k, expected", [(1, [{0}, {3}]), (2, [{0, 1}, {3, 4}]), (5, [set(range(5))] * 2)])
+def test_top_k_keeps_the_k_most_likely_tokens(k: int, expected: list[set[int]]) -> None:
+    assert drawn(sample_top_k, k, 1.0) == expected
+
+
+def test_top_k_keeps_exactly_k_tokens_when_the_kth_is_tied() -> None:
+    tied = torch.tensor([[1.0, 1.0, 1.0, -5.0]]).repeat(2000, 1)
+    assert len(set(sample_top_k(tied, 2, 1.0, torch.Generator().manual_seed(0)).tolist())) == 2
+
+
+@pytest.mark.parametrize(
+    "p, temperature, expected",
+    [(0.5, 1.0, [{0}, {3}]), (0.8, 1.0, [{0, 1}, {3, 4}]), (0.8, 1.5, [{0, 1, 2}, {3, 4, 1}]), (1.0, 1.0, [set(range(5))] * 2)],
+    ids=["first-crosses", "second-crosses", "temperature-widens", "all"],
+)
+def test_top_p_keeps_the_nucleus(p: float, temperature: float, expected: list[set[int]]) -> None:
+    assert drawn(sample_top_p, p, temperature) == expected
+
+
+@pytest.mark.parametrize("sample, cutoff", [(sample_top_k, 3), (sample_top_p, 0.9)], ids=["top_k", "top_p"])
+def test_filters_are_greedy_at_temperature_zero_and_leave_logits_alone(sample, cutoff) -> None:
+    logits = FILTER_ROWS.clone()
+    assert sample(logits, cutoff, 0.0).tolist() == [0, 3]
+    assert torch.equal(logits, FILTER_ROWS)
+
+
+@pytest.mark.parametrize("sample, cutoff", [(sample_top_k, 4), (sample_top_p, 1.0)], ids=["top_k", "top_p"])
+def test_filters_never_draw_a_masked_token(sample, cutoff) -> None:
+    masked = FILTER_ROWS.clone()
+    masked[:, 0] = -math.inf
+    assert 0 not in sample(masked.repeat(500, 1), cutoff, 1.0, torch.Generator().manual_seed(0)).tolist()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "sample, cutoff, error, match",
+    [
+        (sample_top_k, 0, ValueError, "k must be an int from 1 to d_vocab=3, got 0"),
+        (sample_top_k, 4, ValueError, "k must be an int from 1 to d_vocab=3, got 4"),
+        (sample_top_k, 2.0, ValueError, "k must be an int from 1 to d_vocab=3, got 2.0"),
+        (sample_top_p, 0.0, ValueError, r"p must be a number in \(0, 1\], got 0.0"),
+        (sample_top_p, 1.5, ValueError, r"p must be a number in \(0, 1\], got 1.5"),
+        (sample_top_p, math.nan, ValueError, r"p must be a number in \(0, 1\], got nan"),
+        (sample_top_p, "0.9", ValueError, r"p must be a number in \(0, 1\], got '0.9'"),
+    ],
+    ids=["k-zero", "k-past-vocab", "k-float", "p-zero", "p-above-one", "p-nan", "p-str"],
+)
+def test_filters_name_bad_cutoffs(sample, cutoff, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        sample(LOGITS, cutoff)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("sample, cutoff", [(sample_top_k, 2), (sample_top_p, 0.9)], ids=["top_k", "top_p"])
+def test_filters_name_bad_sampling_arguments(sample, cutoff) -> None:
+    with raises_one_sentence(ValueError, "temperature must be >= 0"):
+        sample(LOGITS, cutoff, -1.0)
+    with raises_one_sentence(TypeError, "generator must be None or a torch.Generator, got int"):
+        sample(LOGITS, cutoff, 1.0, 0)
+    with raises_one_sentence(ValueError, "logits must have 2 dims"):
+        sample(LOGITS[0], cutoff)
 
 
 @pytest.mark.bad_input

@@ -22,7 +22,7 @@ from mechlearn import transformer
 from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model, model_device
 from mechlearn.tasks import SortingTask
-from mechlearn.train import next_token_accuracy
+from mechlearn.train import next_token_accuracy, next_token_loss
 from mechlearn.transformer import load_block_weights_from, load_weights_from
 
 # d_head * n_heads != d_model, so an einsum that mixes up the two axes fails loudly.
@@ -216,47 +216,189 @@ def check_transformer(Transformer) -> None:
     )
 
 
+@check
+def check_train_step(train_step) -> None:
+    """Two calls on a small sorter move its weights as two SGD steps on the masked next-token loss do, and return that loss."""
+    task = SortingTask()
+    tokens = task.sample(16, torch.Generator().manual_seed(0))
+    with torch.random.fork_rng():  # the notebook's own random state stays as it was
+        torch.manual_seed(0)
+        config = ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32)
+        yours, expected = transformer.Transformer(config), transformer.Transformer(config)
+    expected.load_state_dict(yours.state_dict())
+    your_optimizer = torch.optim.SGD(yours.parameters(), lr=0.5)
+    expected_optimizer = torch.optim.SGD(expected.parameters(), lr=0.5)
+    hint = (
+        "loss = the mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1], over the predictions "
+        "target_mask marks; then optimizer.zero_grad(), loss.backward(), optimizer.step(), and return loss.item()."
+    )
+    for step in (1, 2):  # a second step shows gradients left over from the first
+        loss = call_learner(train_step, yours, your_optimizer, tokens.clone(), task.target_mask.clone())
+        expected_loss = next_token_loss(expected(tokens), tokens, task.target_mask)
+        expected_optimizer.zero_grad()
+        expected_loss.backward()
+        expected_optimizer.step()
+        expect(isinstance(loss, float), f"train_step returned {type(loss).__name__}, expected a float", hint="return loss.item().")
+        expect(
+            abs(loss - expected_loss.item()) < 1e-4,
+            f"at step {step} train_step returned the loss {loss:.4f}, but the next-token loss on the sorted half is {expected_loss.item():.4f}",
+            hint,
+        )
+        for name, parameter in yours.named_parameters():
+            expect_tensor(
+                parameter.detach(),
+                expected.get_parameter(name).detach(),
+                what=f"the weight {name} after step {step}",
+                hint=f"{hint} Without zero_grad the gradients of every step add up; without step nothing changes.",
+                atol=1e-5,
+                rtol=1e-4,
+            )
+
+
 # Two rows with different distributions, so that every row must be sampled from its own.
 SAMPLING_ROWS = torch.tensor([[2.0, 1.0, 0.0, -1.0], [-1.0, 0.5, 3.0, 0.0]])
+# Three rows whose most likely tokens sit in different places (the last all negative): top-k and top-p
+# must keep each row's own tokens and return their ids in the vocabulary, not positions in a sorted row.
+FILTER_ROWS = torch.tensor(
+    [[-1.0, 0.5, 3.0, 0.0, 2.0, -2.0], [1.0, -0.5, -3.0, 2.5, -1.5, 1.5], [-4.0, -2.0, -3.5, -1.0, -5.0, -2.5]]
+)
+TIED_ROW = torch.tensor([[0.0, 2.0, -1.0, 2.0, 1.0, -3.0]])
+N_DRAWS = 20_000  # per row: a standard error under 0.004 against the 0.02 allowed
+TOP_K_HINT = (
+    "keep each row's k largest logits (`logits.topk(k, dim=-1)`), set every other logit to -inf, then sample "
+    "from softmax(logits / T) as `sample_next_token` does; return vocabulary ids, not positions in the sorted row."
+)
+TOP_P_HINT = (
+    "divide by T and softmax first, then sort each row's probabilities in descending order and keep every token "
+    "whose cumulative probability *before* it is below p, so the token that crosses p stays; set the other logits "
+    "to -inf and sample from softmax(logits / T) of what is left, which renormalises it; return vocabulary ids, "
+    "not positions in the sorted row."
+)
 
 
 @check
 def check_sample_next_token(sample_next_token) -> None:
     """Greedy at temperature 0; at temperature T each row's draws follow softmax(row / T), as the generator decides."""
+    _expect_greedy_at_zero(sample_next_token, hint="at temperature 0 return the argmax.")
+    _expect_rows_follow_softmax(sample_next_token, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    _expect_generator_decides(sample_next_token, 1.0)
+
+
+@check
+def check_sample_top_k(sample_top_k) -> None:
+    """Each row's draws come from its k largest logits only, at softmax(logits / T) renormalised over them."""
+    _expect_greedy_at_zero(sample_top_k, 3, hint=f"at temperature 0 return the argmax. {TOP_K_HINT}")
+    generator = torch.Generator().manual_seed(0)
+    for rows, k, temperature in [(FILTER_ROWS, 3, 1.5), (FILTER_ROWS, 1, 1.0), (TIED_ROW, 2, 1.0)]:
+        expected = torch.stack([_top_k_probabilities(row, k, temperature) for row in rows])
+        case = f"with k={k} at temperature {temperature}"
+        _expect_rows_follow(sample_top_k, rows, k, temperature, generator=generator, expected=expected, case=case, hint=TOP_K_HINT)
+    _expect_generator_decides(sample_top_k, 3, 1.0)
+
+
+@check
+def check_sample_top_p(sample_top_p) -> None:
+    """Each row's draws come from its nucleus at temperature T, at softmax(logits / T) renormalised over it."""
+    _expect_greedy_at_zero(sample_top_p, 0.85, hint=f"at temperature 0 return the argmax. {TOP_P_HINT}")
+    generator = torch.Generator().manual_seed(0)
+    # At T=1.5 the nuclei hold 3, 3 and 4 tokens; at T=1 they would hold 2, 3 and 3.
+    for p, temperature in [(0.85, 1.5), (0.3, 1.0)]:
+        expected = torch.stack([_nucleus_probabilities(row, p, temperature) for row in FILTER_ROWS])
+        case = f"with p={p} at temperature {temperature}"
+        _expect_rows_follow(sample_top_p, FILTER_ROWS, p, temperature, generator=generator, expected=expected, case=case, hint=TOP_P_HINT)
+    _expect_generator_decides(sample_top_p, 0.85, 1.0)
+
+
+def _top_k_probabilities(row: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """softmax(row / T) over the k most likely tokens, 0 elsewhere."""
+    probs = (row.double() / temperature).softmax(dim=-1)
+    kept = torch.zeros_like(probs)
+    top = probs.topk(k).indices
+    kept[top] = probs[top]
+    return kept / kept.sum()
+
+
+def _nucleus_probabilities(row: torch.Tensor, p: float, temperature: float) -> torch.Tensor:
+    """softmax(row / T) over the most likely tokens, taken one by one until their mass reaches p; 0 elsewhere."""
+    probs = (row.double() / temperature).softmax(dim=-1)
+    kept = torch.zeros_like(probs)
+    for token in probs.argsort(descending=True):
+        kept[token] = probs[token]
+        if kept.sum() >= p:
+            break
+    return kept / kept.sum()
+
+
+def _expect_greedy_at_zero(sample, *cutoff: object, hint: str) -> None:
+    """At temperature 0 every row gives its argmax."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 7, generator=generator)
-    greedy = call_learner_read_only(sample_next_token, logits, 0.0, generator)
-    expect_tensor(greedy, logits.argmax(dim=-1), what="the greedy samples (temperature 0)", hint="at temperature 0 return the argmax.")
-    _expect_rows_follow_softmax(sample_next_token, temperature=2.0, generator=generator)
-    _expect_generator_decides(sample_next_token)
+    greedy = call_learner_read_only(sample, logits, *cutoff, 0.0, generator)
+    expect_tensor(greedy, logits.argmax(dim=-1), what="the greedy samples (temperature 0)", hint=hint)
+
+
+def _row_frequencies(sample, rows: torch.Tensor, *args: object, generator: torch.Generator, case: str, hint: str) -> list[torch.Tensor]:
+    """How often each token came up in N_DRAWS draws from each row, the rows alternating in one batch."""
+    n_rows, d_vocab = rows.shape
+    logits = rows.repeat(N_DRAWS, 1)
+    try:
+        draws = call_learner_read_only(sample, logits, *args, generator)
+    except CheckFailed as failure:
+        crashed = " raised " in failure.problem
+        raise CheckFailed(f"{case}: {failure.problem}", hint if crashed else failure.hint) from None
+    expected_shape = torch.zeros(len(logits), dtype=torch.long)
+    expect_tensor(draws, expected_shape, what="the samples", atol=math.inf, hint="return one token id per row.")
+    expect(
+        bool(((draws >= 0) & (draws < d_vocab)).all()),
+        f"{case}: some samples are not token ids in [0, {d_vocab})",
+        hint="return one token id per row, an index into the vocabulary.",
+    )
+    return [torch.bincount(column, minlength=d_vocab).double() / N_DRAWS for column in draws.reshape(N_DRAWS, n_rows).T]
 
 
 def _expect_rows_follow_softmax(sample_next_token, temperature: float, generator: torch.Generator) -> None:
     """Many draws from each row of SAMPLING_ROWS come up with the frequencies softmax(row / T) gives."""
-    n_draws = 20_000  # per row: a standard error under 0.004 against the 0.02 allowed
-    n_rows, d_vocab = SAMPLING_ROWS.shape
-    logits = SAMPLING_ROWS.repeat(n_draws, 1)  # the rows alternate
-    draws = call_learner_read_only(sample_next_token, logits, temperature, generator)
-    expected_shape = torch.zeros(len(logits), dtype=torch.long)
-    expect_tensor(draws, expected_shape, what="the samples", atol=math.inf, hint="return one token id per row.")
-    for row, row_draws in zip(SAMPLING_ROWS, draws.reshape(n_draws, n_rows).T):
-        frequencies = torch.bincount(row_draws, minlength=d_vocab).double() / n_draws
+    hint = (
+        "divide the logits by the temperature before the softmax, then draw with torch.multinomial; "
+        "each row has its own distribution over the vocabulary."
+    )
+    case = f"at temperature {temperature}"
+    rows_frequencies = _row_frequencies(sample_next_token, SAMPLING_ROWS, temperature, generator=generator, case=case, hint=hint)
+    for row, frequencies in zip(SAMPLING_ROWS, rows_frequencies):
         expected = (row / temperature).double().softmax(dim=-1)
         expect(
             (frequencies - expected).abs().max().item() < 0.02,
-            f"at temperature {temperature} the rows with logits {row.tolist()} drew tokens with frequencies "
+            f"{case} the rows with logits {row.tolist()} drew tokens with frequencies "
             f"{frequencies.numpy().round(3).tolist()}, but softmax(logits / T) is {expected.numpy().round(3).tolist()}.",
-            "divide the logits by the temperature before the softmax, then draw with torch.multinomial; "
-            "each row has its own distribution over the vocabulary.",
+            hint,
         )
 
 
-def _expect_generator_decides(sample_next_token) -> None:
+def _expect_rows_follow(sample, rows: torch.Tensor, *args: object, generator: torch.Generator, expected: torch.Tensor, case: str, hint: str) -> None:
+    """Each row draws exactly the tokens `expected` gives a probability, at those probabilities (to 0.02)."""
+    for row, frequencies, probs in zip(rows, _row_frequencies(sample, rows, *args, generator=generator, case=case, hint=hint), expected):
+        drawn, allowed = set(frequencies.nonzero()[:, 0].tolist()), set(probs.nonzero()[:, 0].tolist())
+        positions = drawn != allowed and drawn <= set(range(len(allowed)))
+        expect(
+            drawn == allowed,
+            f"{case} the row with logits {row.tolist()} drew the tokens {sorted(drawn)}, but {sorted(allowed)} should come up, and no other.",
+            "those look like positions in the sorted row, not token ids: map them back to the vocabulary with the "
+            "indices that `topk` or `sort` returned." if positions else hint,
+        )
+        expect(
+            (frequencies - probs).abs().max().item() < 0.02,
+            f"{case} the row with logits {row.tolist()} drew tokens with frequencies {frequencies.numpy().round(3).tolist()}, "
+            f"but softmax(logits / T), renormalised over the tokens kept, is {probs.numpy().round(3).tolist()}.",
+            hint,
+        )
+
+
+def _expect_generator_decides(sample, *args: object) -> None:
     """Generators seeded alike give the same draws, seeded differently other draws."""
     logits = SAMPLING_ROWS.repeat(500, 1)
 
     def draws(seed: int) -> torch.Tensor:
-        return call_learner(sample_next_token, logits.clone(), 1.0, torch.Generator().manual_seed(seed))
+        return call_learner(sample, logits.clone(), *args, torch.Generator().manual_seed(seed))
 
     first, again, other = draws(1), draws(1), draws(2)
     expect(
