@@ -51,13 +51,25 @@ def sync(
             raise FileNotFoundError(f"the course folder {source} does not exist; run this from a clone of mechlearn")
     workspace.mkdir(parents=True, exist_ok=True)
     copies_file = workspace / _COPIES
-    copies: dict[str, str] = json.loads(copies_file.read_text()) if copies_file.exists() else {}
+    copies = _read_copies(copies_file)
     report = SyncReport()
     for relative in _course_files(chapters):
         _sync_chapter(chapters / relative, workspace / relative, relative.as_posix(), copies, report)
     _refresh_solutions(solutions, workspace / _SOLUTIONS)
     copies_file.write_text(json.dumps(copies, indent=1, sort_keys=True) + "\n")
     return report
+
+
+def _read_copies(copies_file: Path) -> dict[str, str]:
+    """The fingerprints of earlier copies; none if the file is missing or unreadable.
+
+    Without them every existing file counts as the learner's, so nothing is overwritten.
+    """
+    try:
+        copies = json.loads(copies_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return copies if isinstance(copies, dict) else {}
 
 
 def _course_files(folder: Path) -> list[Path]:

@@ -57,6 +57,17 @@ def test_edits_while_the_course_is_unchanged_are_not_reported(course) -> None:
     assert report == workspace.SyncReport()
 
 
+def test_lost_fingerprints_never_cost_the_learner_their_work(course) -> None:
+    sync(course)
+    mine = course["workspace"] / "1_foundations" / "01.ipynb"
+    mine.write_text("my answers")
+    (course["workspace"] / ".mechlearn-copies.json").write_text("{not json")
+    (course["chapters"] / "1_foundations" / "01.ipynb").write_text("exercise 01, revised")
+
+    assert sync(course).kept == ["1_foundations/01.ipynb"]
+    assert mine.read_text() == "my answers"
+
+
 def test_a_chapter_added_later_is_copied_in(course) -> None:
     sync(course)
     (course["chapters"] / "2_projects").mkdir()
