@@ -34,6 +34,11 @@ def sample_next_token(
 ) -> Int[Tensor, "batch"]:
     """Greedy (the most likely token) when `temperature == 0`, else a draw from softmax(logits / T)."""
     _check_sampling_arguments(logits, temperature, generator)
+    return _draw(logits, temperature, generator)
+
+
+def _draw(logits: Float[Tensor, "batch d_vocab"], temperature: float, generator: torch.Generator | None) -> Int[Tensor, "batch"]:
+    """`sample_next_token` on arguments already checked (top-k and top-p check theirs once)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = (logits / temperature).softmax(dim=-1)
@@ -53,7 +58,7 @@ def sample_top_k(
     top = logits.topk(k, dim=-1)
     # Exactly k tokens stay, even when the k-th largest logit is tied with one left out.
     kept = torch.full_like(logits, -math.inf).scatter(-1, top.indices, top.values)
-    return sample_next_token(kept, temperature, generator)
+    return _draw(kept, temperature, generator)
 
 
 def sample_top_p(
@@ -76,7 +81,7 @@ def sample_top_p(
     # A token stays if the mass before it is below p, so the token that crosses p stays too.
     outside = probs.cumsum(dim=-1) - probs >= p
     kept = torch.empty_like(logits).scatter(-1, order, sorted_logits.masked_fill(outside, -math.inf))
-    return sample_next_token(kept, temperature, generator)
+    return _draw(kept, temperature, generator)
 
 
 @torch.no_grad()
