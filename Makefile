@@ -39,5 +39,8 @@ test: setup
 chapters: setup
 	$(BIN)/python -m mechlearn.course build
 
+# Names of the zoo models to rebuild; empty rebuilds them all.
+ZOO_MODELS ?=
+
 zoo: setup
-	$(BIN)/python -c "from mechlearn import zoo; [zoo.train(name) for name in zoo.list_models()]"
+	$(BIN)/python -c "import sys; from mechlearn import zoo; [zoo.train(name) for name in sys.argv[1:] or zoo.list_models()]" $(ZOO_MODELS)

@@ -337,15 +337,21 @@ def test_legal_move_accuracy() -> None:
     tokens = sample(50)
     states = TASK.replay(tokens)
     logits = perfect_logits(states.legal)
-    assert legal_move_accuracy(logits, states) == {"top1_legal": 1.0, "topk_exact": 1.0}
+    # BOS and PAD hold the largest logits, and are not moves: no illegal mass.
+    assert legal_move_accuracy(logits, states) == {"top1_legal": 1.0, "topk_exact": 1.0, "illegal_mass": 0.0}
     assert TASK.accuracy(logits, tokens) == 1.0
-    # One illegal move above every legal one: the top move is never legal, the top-k set never exact.
+    n_legal = states.legal.sum(dim=-1)[states.in_play].float()
+    # One illegal move above every legal one: the top move is never legal, the top-k set never exact,
+    # and it holds e^5 / (e^5 + n_legal) of the probability.
     illegal = states.legal.float().argmin(dim=-1, keepdim=True)
     assert not states.legal.gather(-1, illegal)[states.in_play].any()
-    wrong = logits.scatter(-1, illegal, 5.0)
-    assert legal_move_accuracy(wrong, states) == {"top1_legal": 0.0, "topk_exact": 0.0}
-    # Just under the legal moves, the illegal move changes nothing.
-    assert legal_move_accuracy(logits.scatter(-1, illegal, -1.0), states) == {"top1_legal": 1.0, "topk_exact": 1.0}
+    wrong = legal_move_accuracy(logits.scatter(-1, illegal, 5.0), states)
+    assert wrong["top1_legal"] == 0.0 and wrong["topk_exact"] == 0.0
+    assert wrong["illegal_mass"] == pytest.approx((math.e**5 / (math.e**5 + n_legal)).mean().item(), rel=1e-5)
+    # Just under the legal moves, the illegal move leaves the rankings right, but not the probabilities.
+    under = legal_move_accuracy(logits.scatter(-1, illegal, -1.0), states)
+    assert under["top1_legal"] == 1.0 and under["topk_exact"] == 1.0
+    assert under["illegal_mass"] == pytest.approx((math.e**-1 / (math.e**-1 + n_legal)).mean().item(), rel=1e-5)
     # A legal move pushed under the illegal one: the set is never exact, and the top move is still
     # legal exactly where the position has another legal move.
     first_legal = states.legal.float().argmax(dim=-1, keepdim=True)

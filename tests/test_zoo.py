@@ -14,7 +14,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from mechlearn import induction, zoo
 from mechlearn.models import CheckpointError, ModelConfig
 from mechlearn.tasks import SortingTask
-from mechlearn.train import TrainConfig
+from mechlearn.train import TrainConfig, learning_rate
 
 SHIPPED = "sort-digits-2l"
 TINY_TASK = SortingTask(n_digits=4, length=2)
@@ -122,9 +122,10 @@ def test_train_writes_a_checkpoint_that_loads(tiny_recipe: str, tmp_path: Path) 
     assert card["config"] == TINY.model.to_dict()
     assert card["recipe"]["task"] == {"generator": "mechlearn.tasks.SortingTask", "n_digits": 4, "length": 2}
     assert card["recipe"]["training"] == dataclasses.asdict(TINY.training)
-    assert card["recipe"]["data_seed"] == 5
+    assert card["recipe"]["data_seed"] == 5 and card["recipe"]["held_out_seed"] == zoo.HELD_OUT_SEED
     assert [record["step"] for record in card["history"]] == [3, 6]
     assert {"held_out_loss", "held_out_token_accuracy", "held_out_sequence_accuracy", "train_seconds"} <= set(card["metrics"])
+    assert card["metrics"]["device"] == "cpu"
     assert card["versions"]["torch"] == torch.__version__
     assert not (zoo.CHECKPOINTS / f"{tiny_recipe}.json").exists()  # nothing written into the package
 
@@ -266,6 +267,33 @@ def test_othello_checkpoint_matches_its_card_and_recipe() -> None:
     assert card["metrics"]["train_seconds"] > 0 and card["metrics"]["threads"] >= 1
 
 
+def test_othello_recipe_trains_the_way_a_careful_practitioner_would() -> None:
+    """Warm-up then decay, over a million fresh games, and held-out numbers along the way."""
+    recipe, history = zoo.recipe("othello-6x6-4l"), zoo.card("othello-6x6-4l")["history"]
+    training = recipe.training
+    assert 0 < training.warmup_steps < training.steps // 10
+    assert learning_rate(training.steps - 1, training) < 0.2 * training.lr
+    assert training.steps * training.batch_size >= 1_000_000
+    assert len(history) == training.steps // training.eval_every
+    assert all({"held_out_top1_legal", "held_out_topk_exact", "held_out_illegal_mass"} <= set(record) for record in history)
+    assert history[-1]["held_out_illegal_mass"] < history[0]["held_out_illegal_mass"]
+
+
+# What the shipped model reaches on held-out games. Issue 13 asks for illegal mass <= 0.03 and a
+# probe >= 0.95; this CPU-trained model reaches the other two marks, not these (yet).
+OTHELLO_LEVEL = {"top1_legal": 0.99, "topk_exact": 0.90, "illegal_mass": 0.06, "probe_mine_theirs_best": 0.93}
+
+
+def test_othello_card_meets_its_level_where_a_random_model_misses_every_mark() -> None:
+    metrics = zoo.card("othello-6x6-4l")["metrics"]
+    for prefix, passes in (("held_out", True), ("random_model", False)):
+        reached = [
+            metrics[f"{prefix}_{name}"] <= bound if name == "illegal_mass" else metrics[f"{prefix}_{name}"] >= bound
+            for name, bound in OTHELLO_LEVEL.items()
+        ]
+        assert all(reached) if passes else not any(reached), (prefix, reached)
+
+
 def test_loaded_othello_model_reproduces_its_legal_move_accuracy() -> None:
     """The card's numbers, measured again on the held-out games: the model never sees a board."""
     from mechlearn.tasks.othello import legal_move_accuracy
@@ -275,9 +303,8 @@ def test_loaded_othello_model_reproduces_its_legal_move_accuracy() -> None:
     tokens = task.sample(1000, torch.Generator().manual_seed(zoo.HELD_OUT_SEED))
     with torch.no_grad():
         accuracy = legal_move_accuracy(model(tokens), task.replay(tokens))
-    assert accuracy["top1_legal"] == pytest.approx(metrics["held_out_top1_legal"], abs=1e-4)
-    assert accuracy["topk_exact"] == pytest.approx(metrics["held_out_topk_exact"], abs=1e-4)
-    assert accuracy["top1_legal"] > 0.95
+    for name in ("top1_legal", "topk_exact", "illegal_mass"):
+        assert accuracy[name] == pytest.approx(metrics[f"held_out_{name}"], abs=1e-4)
 
 
 # --- bad inputs: every one named in one sentence (issue 11) -------------------------------------

@@ -353,6 +353,8 @@ def legal_move_accuracy(logits: Float[Tensor, "batch pos d_vocab"], states: Game
 
     - `top1_legal`: the most likely move is legal.
     - `topk_exact`: with k the number of legal moves, the k most likely moves are exactly the legal set.
+    - `illegal_mass`: the probability the model puts on illegal moves (a softmax over the cells,
+      the distribution `OthelloTask.loss` trains), on average.
     """
     _check_move_logits(logits, states)
     check_finite(logits, "logits")
@@ -364,9 +366,11 @@ def legal_move_accuracy(logits: Float[Tensor, "batch pos d_vocab"], states: Game
     ranks = move_logits.argsort(dim=-1, descending=True).argsort(dim=-1)
     predicted_set = ranks < legal.sum(dim=-1, keepdim=True)
     topk_exact = (predicted_set == legal).all(dim=-1)
+    illegal_mass = torch.where(legal, 0.0, move_logits.softmax(dim=-1)).sum(dim=-1)
     return {
         "top1_legal": top1_legal[in_play].float().mean().item(),
         "topk_exact": topk_exact[in_play].float().mean().item(),
+        "illegal_mass": illegal_mass[in_play].mean().item(),
     }
 
 

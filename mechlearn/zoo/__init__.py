@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn.models import CheckpointError, load_model, make_model, read_card, save_model
+from mechlearn.models import CheckpointError, load_model, make_model, model_device, read_card, save_model
 from mechlearn.sampling import generate
 from mechlearn.tasks import SortingTask, Task
 from mechlearn.train import task_accuracy, task_loss, train as train_model
@@ -79,15 +79,27 @@ def load(name: str, device: str | torch.device | None = None, directory: Path | 
     return model
 
 
-def train(name: str, directory: Path | None = None, progress: bool = True) -> TransformerBridge:
-    """Rebuild a zoo model from its recipe and write its checkpoint and card."""
+def train(name: str, directory: Path | None = None, progress: bool = True, device: str | torch.device | None = None) -> TransformerBridge:
+    """Rebuild a zoo model from its recipe and write its checkpoint and card (on the CPU unless `device` says otherwise)."""
     rebuilt = recipe(name)
-    path = _checkpoint_path(name, directory)  # refused now, not after the training
-    model = make_model(rebuilt.model)
+    _checkpoint_path(name, directory)  # refused now, not after the training
+    model = make_model(rebuilt.model, device)
     eval_fn = rebuilt.monitor() if rebuilt.monitor else None
     start = time.perf_counter()
     history = train_model(model, rebuilt.task, rebuilt.training, eval_fn=eval_fn, progress=progress)
-    seconds = time.perf_counter() - start
+    save_trained(name, model, history, time.perf_counter() - start, directory)
+    return model
+
+
+def save_trained(name: str, model: TransformerBridge, history: list[dict[str, float]], seconds: float, directory: Path | None = None) -> Path:
+    """Write the checkpoint and card of a model just trained from `name`'s recipe; returns the card's path.
+
+    `train` calls this; it is separate so that a long run (e.g. on another machine) can be
+    trained with the recipe's settings and carded afterwards. Leaves the model on the CPU.
+    """
+    rebuilt = recipe(name)
+    trained_on = str(model_device(model))
+    model.to("cpu")  # the card's numbers are measured, and the weights saved, on the CPU
     extra_metrics = rebuilt.card_metrics(model, history) if rebuilt.card_metrics else {}
     card = {
         "name": name,
@@ -97,18 +109,19 @@ def train(name: str, directory: Path | None = None, progress: bool = True) -> Tr
             "task": {"generator": f"mechlearn.tasks.{type(rebuilt.task).__name__}", **dataclasses.asdict(rebuilt.task)},
             "training": dataclasses.asdict(rebuilt.training),
             "data_seed": rebuilt.training.seed,
+            "held_out_seed": HELD_OUT_SEED,
         },
         "metrics": {
             **held_out_metrics(model, rebuilt.task),
             **extra_metrics,
             "train_seconds": round(seconds, 1),
+            "device": trained_on,
             "threads": torch.get_num_threads(),
         },
         "history": history,
         "versions": {"torch": torch.__version__, "transformer_lens": version("transformer_lens")},
     }
-    save_model(model, path, card)
-    return model
+    return save_model(model, _checkpoint_path(name, directory), card)
 
 
 @torch.no_grad()
