@@ -333,7 +333,7 @@ def patch_every_position(
         raise ValueError(f"hook_names must be a non-empty list of hook names, got {hook_names!r}.")
     missing = [name for name in hook_names if name not in clean_cache.keys()]
     if missing:
-        raise KeyError(f"clean_cache has no {missing[0]!r}: cache the clean run without a names_filter that drops it.")
+        raise ValueError(f"hook_names holds {missing[0]!r}, which clean_cache lacks: cache the clean run without a names_filter that drops it.")
     tokens = corrupted_tokens.to(model_device(model))
     rows = []
     for name in hook_names:
