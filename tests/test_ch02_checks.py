@@ -866,3 +866,11 @@ def test_patch_every_head_passes_when_written_by_hand(capsys) -> None:
     write = lambda z, source, head, pos: z.__setitem__((slice(None), pos, head), source[:, pos, head])  # noqa: E731
     ch02.check_patch_every_head(head_sweep_that(write))
     assert "✓ patch_every_head" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check", [check for check, _ in REFERENCE_ANSWERS], ids=lambda check: check.__name__)
+def test_check_fails_on_the_stub(check) -> None:
+    def stub(*args, **kwargs):
+        raise NotImplementedError("exercise")
+
+    assert "not implemented" in expect_failure(check, stub, hint_contains="NotImplementedError")
