@@ -13,8 +13,7 @@ The experiments the chapter's result rests on (ablating every head, patching eve
 position, patching every head) are graded twice: against the library on that small model,
 then by their outcome on the zoo's sorter, where we know the answer (L0H2 is the head it
 cannot do without; the smallest digit moves from its own position to `SEP` in layer 0's
-attention), and on a control that must not show it (a random model of the same shape; the
-same patch taken from another list's run).
+attention), and on a control that must not show it (a random model of the same shape).
 
 The learner's code gets copies of the cache, the tokens and every activation a hook sees,
 and must leave them as they were: in the notebook, an activation edited in place would
@@ -500,7 +499,7 @@ def check_normalised_logit_difference(normalised_logit_difference) -> None:
 
 @check
 def check_patch_every_position(patch_every_position) -> None:
-    """Equals the library's sweep; on the sorter the new digit moves from x3 to SEP in layer 0, and a mismatched patch does not restore."""
+    """Equals the library's sweep; on the sorter the new digit moves from x3 to SEP in layer 0, on a random model it does not."""
     model, tokens, _ = reference()
     clean_tokens = (tokens * 5 + 2) % CONFIG.d_vocab
     with torch.no_grad():
@@ -548,7 +547,7 @@ def check_patch_every_position(patch_every_position) -> None:
 
 @check
 def check_patch_every_head(patch_every_head) -> None:
-    """Equals the library's sweep; on the sorter one layer-0 head carries the new digit to SEP, and a mismatched patch does not."""
+    """Equals the library's sweep; on the sorter L0H0 carries most of the new digit to SEP and layer 1 none, on a random model not."""
     model, tokens, _ = reference()
     clean_tokens = (tokens * 5 + 2) % CONFIG.d_vocab
     with torch.no_grad():
