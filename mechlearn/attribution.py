@@ -27,6 +27,7 @@ __all__ = [
     "logit_lens",
     "logit_attribution",
     "direct_logit_attribution",
+    "logit_lens_top_tokens",
 ]
 
 
@@ -174,3 +175,22 @@ def direct_logit_attribution(
     the unembedding, raises the logit of the correct next token."""
     heads = torch.stack([head_outputs(cache, model, layer) for layer in range(model.cfg.n_layers)])
     return logit_attribution(heads, cache, model, tokens)
+
+
+def logit_lens_top_tokens(model: TransformerBridge, prompt: str, pos: int = -1) -> list[str]:
+    """The logit lens's top token at position `pos` of `prompt`: before each layer, then the model's own.
+
+    For a model with a tokenizer, such as GPT-2 from `mechlearn.models.load_pretrained`
+    (chapter 02's optional section). The last entry is the model's own top prediction.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise TypeError(f"prompt must be a non-empty str, got {prompt!r}.")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("model has no tokenizer, so it cannot read a text prompt; use logit_lens on a cache instead.")
+    tokens = model.to_tokens(prompt)
+    if not is_int(pos) or not -tokens.shape[1] <= pos < tokens.shape[1]:
+        raise ValueError(f"pos must be an int index into the prompt's {tokens.shape[1]} tokens, got {pos!r}.")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        top = logit_lens(cache, model)[:, 0, pos].argmax(dim=-1)
+    return [model.to_string(token) for token in top]

@@ -160,6 +160,27 @@ def test_works_on_a_hugging_face_gpt2(tmp_path) -> None:
     assert (attribution.logit_lens(cache, model)[-1] - logits).abs().max() < 1e-4
 
 
+def test_the_optional_gpt2_section_runs_on_a_random_gpt2_shaped_model(tmp_path) -> None:
+    """Chapter 02's optional GPT-2 code path, offline: the lens's last entry is the model's own top token."""
+    save_tiny_gpt2(tmp_path)
+    model = load_pretrained(str(tmp_path), device="cpu")
+    prompt = "the cat sat on the mat"
+    top_tokens = attribution.logit_lens_top_tokens(model, prompt)
+    assert len(top_tokens) == model.cfg.n_layers + 1 and all(isinstance(token, str) for token in top_tokens)
+    own_top = model(model.to_tokens(prompt))[0, -1].argmax()
+    assert top_tokens[-1] == model.to_string(own_top)
+    lens = attribution.logit_lens(model.run_with_cache(model.to_tokens(prompt))[1], model)[:, 0, 2].argmax(dim=-1)
+    assert attribution.logit_lens_top_tokens(model, prompt, pos=2) == [model.to_string(token) for token in lens]
+
+
+@pytest.mark.bad_input
+def test_logit_lens_top_tokens_needs_a_tokenizer_and_a_prompt() -> None:
+    with raises_one_sentence(ValueError, "tokenizer"):
+        attribution.logit_lens_top_tokens(perturbed_model(), "hello")
+    with raises_one_sentence(TypeError, "prompt"):
+        attribution.logit_lens_top_tokens(perturbed_model(), "")
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 

@@ -23,6 +23,10 @@ REFERENCE_ANSWERS = [
     (ch02.check_mean_ablate_head_hook, patching.mean_ablate_head_hook),
     (ch02.check_loss_with_heads_ablated, patching.loss_with_heads_ablated),
     (ch02.check_patch_position_hook, patching.patch_position_hook),
+    (ch02.check_head_ablation_sweep, patching.head_ablation_sweep),
+    (ch02.check_normalised_logit_difference, patching.normalised_logit_difference),
+    (ch02.check_patch_every_position, patching.patch_every_position),
+    (ch02.check_patch_every_head, patching.patch_every_head),
 ]
 
 
@@ -589,3 +593,284 @@ def final_ln_with_w_over_scale(resid, cache, model, add_bias=True):
 def test_check_passes_on_other_correct_answers(check, answer, capsys) -> None:
     check(answer)
     assert "✓" in capsys.readouterr().out
+
+
+# --- the experiments: ablate every head, the normalised logit difference, patch every position and head ---
+
+
+def sweep_that(loss_of):
+    """A head_ablation_sweep built on `loss_of(model, tokens, heads, mode, mask)`, clean loss from `heads=[]`."""
+
+    def head_ablation_sweep(model, tokens, mode="zero", mask=None):
+        clean = loss_of(model, tokens, [], mode, mask)
+        return torch.stack(
+            [
+                torch.stack([loss_of(model, tokens, [(layer, head)], mode, mask) for head in range(model.cfg.n_heads)])
+                for layer in range(model.cfg.n_layers)
+            ]
+        ) - clean
+
+    return head_ablation_sweep
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "loss_of",
+    [
+        lambda model, tokens, heads, mode, mask: patching.loss_with_heads_ablated(model, tokens, heads, "zero", mask),
+        lambda model, tokens, heads, mode, mask: patching.loss_with_heads_ablated(model, tokens, heads, mode, None),
+        lambda model, tokens, heads, mode, mask: patching.loss_with_heads_ablated(model, tokens, heads, mode, mask)
+        if heads
+        else torch.tensor(0.0),
+    ],
+    ids=["always_zero_ablating", "ignoring_the_mask", "clean_loss_not_subtracted"],
+)
+def test_head_ablation_sweep_mistakes(loss_of) -> None:
+    expect_failure(ch02.check_head_ablation_sweep, sweep_that(loss_of), hint_contains="minus the clean loss")
+
+
+@pytest.mark.mistake
+def test_head_ablation_sweep_ablating_cumulatively() -> None:
+    """Each head is added to the heads already ablated, instead of ablated alone."""
+
+    def head_ablation_sweep(model, tokens, mode="zero", mask=None):
+        clean = patching.loss_with_heads_ablated(model, tokens, [], mode, mask)
+        ablated, rows = [], []
+        for layer in range(model.cfg.n_layers):
+            row = []
+            for head in range(model.cfg.n_heads):
+                ablated.append((layer, head))
+                row.append(patching.loss_with_heads_ablated(model, tokens, list(ablated), mode, mask) - clean)
+            rows.append(torch.stack(row))
+        return torch.stack(rows)
+
+    expect_failure(ch02.check_head_ablation_sweep, head_ablation_sweep, hint_contains="one head at a time")
+
+
+@pytest.mark.mistake
+def test_head_ablation_sweep_head_first() -> None:
+    def head_ablation_sweep(model, tokens, mode="zero", mask=None):
+        return patching.head_ablation_sweep(model, tokens, mode, mask).T
+
+    message = expect_failure(ch02.check_head_ablation_sweep, head_ablation_sweep)
+    assert "has shape (3, 2), expected (2, 3)" in message
+
+
+def test_head_ablation_sweep_passes_with_item_and_torch_tensor(capsys) -> None:
+    def head_ablation_sweep(model, tokens, mode="zero", mask=None):
+        clean = patching.loss_with_heads_ablated(model, tokens, [], mode, mask).item()
+        return torch.tensor(
+            [
+                [patching.loss_with_heads_ablated(model, tokens, [(l, h)], mode, mask).item() - clean for h in range(model.cfg.n_heads)]
+                for l in range(model.cfg.n_layers)
+            ]
+        )
+
+    ch02.check_head_ablation_sweep(head_ablation_sweep)
+    assert "✓ head_ablation_sweep" in capsys.readouterr().out
+
+
+def metric_that(logit_difference, normalise_each_sequence=False, reverse=False):
+    """A normalised_logit_difference built from `logit_difference(logits, pos, answers, wrong) -> [batch]`."""
+
+    def normalised_logit_difference(patched_logits, clean_logits, corrupted_logits, pos, clean_answers, corrupted_answers):
+        patched, clean, corrupted = (
+            logit_difference(logits, pos, clean_answers, corrupted_answers) for logits in (patched_logits, clean_logits, corrupted_logits)
+        )
+        if reverse:
+            corrupted, clean = clean, corrupted
+        if normalise_each_sequence:
+            return ((patched - corrupted) / (clean - corrupted)).mean()
+        return (patched.mean() - corrupted.mean()) / (clean.mean() - corrupted.mean())
+
+    return normalised_logit_difference
+
+
+def per_sequence_difference(logits, pos, answers, wrong_answers):
+    rows = torch.arange(len(logits))
+    return logits[rows, pos, answers] - logits[rows, pos, wrong_answers]
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "metric",
+    [
+        metric_that(per_sequence_difference, normalise_each_sequence=True),
+        metric_that(lambda logits, pos, a, w: per_sequence_difference(logits, pos + 1 if pos + 1 < logits.shape[1] else 0, a, w)),
+        metric_that(lambda logits, pos, a, w: per_sequence_difference(logits.softmax(dim=-1), pos, a, w)),
+    ],
+    ids=["normalising_each_sequence", "next_position", "probabilities"],
+)
+def test_normalised_logit_difference_mistakes(metric) -> None:
+    expect_failure(ch02.check_normalised_logit_difference, metric, hint_contains="(patched - corrupted) / (clean - corrupted)")
+
+
+@pytest.mark.mistake
+def test_normalised_logit_difference_the_wrong_way_round() -> None:
+    """1 on the corrupted run and 0 on the clean one."""
+    message = expect_failure(
+        ch02.check_normalised_logit_difference, metric_that(per_sequence_difference, reverse=True), hint_contains="0 when the patched run"
+    )
+    assert "with the clean logits as the patched logits" in message
+
+
+@pytest.mark.mistake
+def test_normalised_logit_difference_per_sequence() -> None:
+    def normalised_logit_difference(patched_logits, clean_logits, corrupted_logits, pos, clean_answers, corrupted_answers):
+        patched, clean, corrupted = (
+            per_sequence_difference(logits, pos, clean_answers, corrupted_answers) for logits in (patched_logits, clean_logits, corrupted_logits)
+        )
+        return (patched - corrupted) / (clean - corrupted)
+
+    message = expect_failure(ch02.check_normalised_logit_difference, normalised_logit_difference)
+    assert "has shape (6,), expected ()" in message
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        metric_that(per_sequence_difference),
+        metric_that(lambda logits, pos, a, w: per_sequence_difference(logits.log_softmax(dim=-1), pos, a, w)),
+        metric_that(lambda logits, pos, a, w: -per_sequence_difference(logits, pos, a, w)),  # answers swapped
+    ],
+    ids=["indexing", "log_probabilities", "answers_swapped"],
+)
+def test_normalised_logit_difference_passes_when_written_otherwise(metric, capsys) -> None:
+    ch02.check_normalised_logit_difference(metric)
+    assert "✓ normalised_logit_difference" in capsys.readouterr().out
+
+
+def position_sweep_that(run):
+    """A patch_every_position whose patched run for (name, pos) is `run(model, corrupted, clean_cache, name, pos)`."""
+
+    def patch_every_position(model, corrupted_tokens, clean_cache, hook_names, metric):
+        return torch.stack(
+            [
+                torch.stack([metric(run(model, corrupted_tokens, clean_cache, name, pos)) for pos in range(corrupted_tokens.shape[1])])
+                for name in hook_names
+            ]
+        )
+
+    return patch_every_position
+
+
+def patch_from_the_corrupted_run(model, corrupted_tokens, clean_cache, name, pos):
+    """Patches the corrupted run's own activation into it, as if the caches were mixed up: nothing changes."""
+    _, corrupted_cache = model.run_with_cache(corrupted_tokens)
+    return model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patching.patch_position_hook(pos, corrupted_cache[name]))])
+
+
+def patch_from_pos_on(model, corrupted_tokens, clean_cache, name, pos):
+    def hook(activation, hook):
+        patched = activation.clone()
+        patched[:, pos:] = clean_cache[name][:, pos:]
+        return patched
+
+    return model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize("run", [patch_from_the_corrupted_run, patch_from_pos_on], ids=["from_the_corrupted_run", "from_pos_on"])
+def test_patch_every_position_mistakes(run) -> None:
+    expect_failure(ch02.check_patch_every_position, position_sweep_that(run), hint_contains="run the CORRUPTED tokens")
+
+
+@pytest.mark.mistake
+def test_patch_every_position_every_name_at_once() -> None:
+    def patch_every_position(model, corrupted_tokens, clean_cache, hook_names, metric):
+        row = torch.stack(
+            [
+                metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patching.patch_position_hook(pos, clean_cache[name])) for name in hook_names]))
+                for pos in range(corrupted_tokens.shape[1])
+            ]
+        )
+        return row.expand(len(hook_names), -1)
+
+    expect_failure(ch02.check_patch_every_position, patch_every_position, hint_contains="on that hook alone")
+
+
+@pytest.mark.mistake
+def test_patch_every_position_positions_first() -> None:
+    def patch_every_position(model, corrupted_tokens, clean_cache, hook_names, metric):
+        return patching.patch_every_position(model, corrupted_tokens, clean_cache, hook_names, metric).T
+
+    message = expect_failure(ch02.check_patch_every_position, patch_every_position)
+    assert "has shape (10, 4), expected (4, 10)" in message
+
+
+@pytest.mark.mistake
+def test_patch_every_position_leaving_hooks_attached() -> None:
+    def patch_every_position(model, corrupted_tokens, clean_cache, hook_names, metric):
+        rows = []
+        for name in hook_names:
+            row = []
+            for pos in range(corrupted_tokens.shape[1]):
+                model.add_hook(name, patching.patch_position_hook(pos, clean_cache[name]))
+                row.append(metric(model(corrupted_tokens)))
+            rows.append(torch.stack(row))
+        return torch.stack(rows)
+
+    expect_failure(ch02.check_patch_every_position, patch_every_position)
+
+
+def test_patch_every_position_passes_with_the_hooks_context(capsys) -> None:
+    def patch_every_position(model, corrupted_tokens, clean_cache, hook_names, metric):
+        result = torch.zeros(len(hook_names), corrupted_tokens.shape[1])
+        for i, name in enumerate(hook_names):
+            for pos in range(corrupted_tokens.shape[1]):
+                with model.hooks(fwd_hooks=[(name, patching.patch_position_hook(pos, clean_cache[name]))]):
+                    result[i, pos] = metric(model(corrupted_tokens))
+        return result
+
+    ch02.check_patch_every_position(patch_every_position)
+    assert "✓ patch_every_position" in capsys.readouterr().out
+
+
+def head_sweep_that(write):
+    """A patch_every_head whose hook for (head, pos) applies `write(z, source_z, head, pos)` to a copy of z."""
+
+    def patch_every_head(model, corrupted_tokens, clean_cache, pos, metric):
+        rows = []
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            row = []
+            for head in range(model.cfg.n_heads):
+
+                def hook(z, hook, head=head, source=clean_cache[name]):
+                    z = z.clone()
+                    write(z, source, head, pos)
+                    return z
+
+                row.append(metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])))
+            rows.append(torch.stack(row))
+        return torch.stack(rows)
+
+    return patch_every_head
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda z, source, head, pos: z.__setitem__((slice(None), slice(None), head), source[:, :, head]),
+        lambda z, source, head, pos: z.__setitem__((slice(None), pos), source[:, pos]),
+        lambda z, source, head, pos: z.__setitem__((slice(None), head), source[:, head]),
+    ],
+    ids=["every_position", "every_head", "head_as_position"],
+)
+def test_patch_every_head_mistakes(write) -> None:
+    expect_failure(ch02.check_patch_every_head, head_sweep_that(write), hint_contains="z[:, pos, head]")
+
+
+def test_patch_every_head_passes_when_written_by_hand(capsys) -> None:
+    write = lambda z, source, head, pos: z.__setitem__((slice(None), pos, head), source[:, pos, head])  # noqa: E731
+    ch02.check_patch_every_head(head_sweep_that(write))
+    assert "✓ patch_every_head" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check", [check for check, _ in REFERENCE_ANSWERS], ids=lambda check: check.__name__)
+def test_check_fails_on_the_stub(check) -> None:
+    def stub(*args, **kwargs):
+        raise NotImplementedError("exercise")
+
+    assert "not implemented" in expect_failure(check, stub, hint_contains="NotImplementedError")

@@ -282,3 +282,131 @@ def test_bad_tokens_are_named(model, function, bad_tokens) -> None:
 def test_bad_argument_is_named(model, tokens, call, error, name) -> None:
     with raises_one_sentence(error, re.escape(name)):
         call(model, tokens)
+
+
+# --- the sweeps and the normalised logit difference ---------------------------------------------
+
+
+def test_head_ablation_sweep_is_each_heads_loss_minus_the_clean_loss(model, tokens) -> None:
+    mask = torch.arange(CONFIG.n_ctx - 1) >= 2
+    sweep = patching.head_ablation_sweep(model, tokens, "zero", mask)
+    assert sweep.shape == (CONFIG.n_layers, CONFIG.n_heads)
+    clean = next_token_loss(model(tokens), tokens, mask)
+    for layer, head in [(0, 2), (1, 0)]:
+        expected = next_token_loss(without_heads(model, [(layer, head)])(tokens), tokens, mask) - clean
+        assert torch.allclose(sweep[layer, head], expected, atol=1e-5)
+    assert (sweep.abs() > 1e-4).all()  # every head of this perturbed model matters a little
+
+
+def test_head_ablation_sweep_of_mean_ablation_on_identical_sequences_is_zero(model, tokens) -> None:
+    same = tokens[:1].expand(4, -1)
+    assert patching.head_ablation_sweep(model, same, "mean").abs().max() < 1e-5
+
+
+def random_logits(seed: int, batch: int = 5, n_pos: int = 4, d_vocab: int = 7):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, n_pos, d_vocab, generator=generator) for _ in range(3)], torch.randint(0, d_vocab, (2, batch), generator=generator)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_normalised_logit_difference_is_0_on_corrupted_1_on_clean_and_linear_between(seed) -> None:
+    (patched, clean, corrupted), (clean_answers, corrupted_answers) = random_logits(seed)
+    metric = lambda logits: patching.normalised_logit_difference(logits, clean, corrupted, 2, clean_answers, corrupted_answers)  # noqa: E731
+    assert metric(corrupted).abs() < 1e-6 and (metric(clean) - 1).abs() < 1e-6
+    assert (metric(0.25 * clean + 0.75 * corrupted) - 0.25).abs() < 1e-5
+    # Logits and log-probabilities give the same value: the softmax's normaliser cancels in a difference.
+    assert (metric(patched) - metric(patched.log_softmax(dim=-1))).abs() < 1e-5
+
+
+def test_normalised_logit_difference_divides_the_means_not_each_sequence() -> None:
+    (patched, clean, corrupted), (clean_answers, corrupted_answers) = random_logits(3)
+    ld = lambda logits: patching.logit_difference(logits, 1, clean_answers, corrupted_answers)  # noqa: E731
+    value = patching.normalised_logit_difference(patched, clean, corrupted, 1, clean_answers, corrupted_answers)
+    assert torch.allclose(value, (ld(patched) - ld(corrupted)) / (ld(clean) - ld(corrupted)))
+    rows = torch.arange(5)
+    by_hand = (clean[rows, 1, clean_answers] - clean[rows, 1, corrupted_answers]).mean()
+    assert torch.allclose(ld(clean), by_hand)
+
+
+def test_patch_every_position_at_the_embedding_is_editing_each_token(model, tokens) -> None:
+    source = source_of(tokens)
+    _, source_cache = model.run_with_cache(source)
+    metric = lambda logits: logits[..., 0].mean()  # noqa: E731
+    sweep = patching.patch_every_position(model, tokens, source_cache, ["hook_embed", "blocks.1.hook_resid_post"], metric)
+    assert sweep.shape == (2, CONFIG.n_ctx)
+    for pos in [0, 4, CONFIG.n_ctx - 1]:
+        edited = tokens.clone()
+        edited[:, pos] = source[:, pos]
+        assert torch.allclose(sweep[0, pos], metric(model(edited)), atol=1e-5)
+    # At the final stream, position pos takes the source's logits there and leaves the others alone.
+    source_logits, clean_logits = model(source), model(tokens)
+    pos = 3
+    expected = clean_logits.clone()
+    expected[:, pos] = source_logits[:, pos]
+    assert torch.allclose(sweep[1, pos], metric(expected), atol=1e-5)
+
+
+def test_patch_every_head_at_a_position_matches_patching_that_head_by_hand(model, tokens) -> None:
+    _, source_cache = model.run_with_cache(source_of(tokens))
+    metric = lambda logits: (logits[..., 1] - logits[..., 2]).mean()  # noqa: E731
+    sweep = patching.patch_every_head(model, tokens, source_cache, 5, metric)
+    assert sweep.shape == (CONFIG.n_layers, CONFIG.n_heads)
+    source_z = source_cache[hook_z(1)]
+
+    def by_hand(z, hook):
+        z = z.clone()
+        z[:, 5, 2] = source_z[:, 5, 2]
+        return z
+
+    assert torch.allclose(sweep[1, 2], metric(model.run_with_hooks(tokens, fwd_hooks=[(hook_z(1), by_hand)])), atol=1e-5)
+    # Patching a head from a run on the same tokens changes nothing.
+    _, same_cache = model.run_with_cache(tokens)
+    assert torch.allclose(patching.patch_every_head(model, tokens, same_cache, 5, metric), metric(model(tokens)).expand(2, 3), atol=1e-5)
+
+
+def test_patch_head_hook_touches_only_its_head_at_its_position() -> None:
+    generator = torch.Generator().manual_seed(5)
+    z, source = torch.randn(2, 6, 3, 4, generator=generator), torch.randn(2, 6, 3, 4, generator=generator)
+    patched = patching.patch_head_hook(1, 4, source)(z.clone(), None)
+    expected = z.clone()
+    expected[:, 4, 1] = source[:, 4, 1]
+    assert torch.equal(patched, expected)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda logits, answers: patching.logit_difference(logits, 9, answers, answers), ValueError, "pos"),
+        (lambda logits, answers: patching.logit_difference(logits, 1, answers[:3], answers), ValueError, "answers"),
+        (lambda logits, answers: patching.logit_difference(logits, 1, answers, answers + 7), ValueError, "wrong_answers"),
+        (lambda logits, answers: patching.logit_difference(logits[0], 1, answers, answers), ValueError, "logits"),
+        (lambda logits, answers: patching.normalised_logit_difference(logits, logits, logits, 1, answers, (answers + 1) % 7), ValueError, "nothing to normalise"),
+        (lambda logits, answers: patching.normalised_logit_difference(logits, logits[:, :2], logits, 1, answers, answers), ValueError, "clean_logits"),
+    ],
+    ids=["pos out of range", "answers too short", "answer beyond d_vocab", "logits without batch", "clean equals corrupted", "clean of another shape"],
+)
+def test_bad_metric_argument_is_named(call, error, name) -> None:
+    (logits, _, _), (answers, _) = random_logits(4)
+    with raises_one_sentence(error, re.escape(name)):
+        call(logits, answers)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "call, error, name",
+    [
+        (lambda model, tokens, cache: patching.patch_every_position(model, tokens, cache, ["blocks.0.hook_nothing"], lambda logits: logits.mean()), ValueError, "which clean_cache lacks"),
+        (lambda model, tokens, cache: patching.patch_every_position(model, tokens, cache, "hook_embed", lambda logits: logits.mean()), ValueError, "hook_names"),
+        (lambda model, tokens, cache: patching.patch_every_position(model, tokens, cache, ["hook_embed"], lambda logits: logits[:, -1, 0]), ValueError, "metric must return one float"),
+        (lambda model, tokens, cache: patching.patch_every_position(model, tokens, None, ["hook_embed"], lambda logits: logits.mean()), TypeError, "clean_cache"),
+        (lambda model, tokens, cache: patching.patch_every_head(model, tokens, cache, 9, lambda logits: logits.mean()), ValueError, "pos 9"),
+        (lambda model, tokens, cache: patching.patch_every_head(model, tokens, cache, 1, "mean"), TypeError, "metric"),
+        (lambda model, tokens, cache: patching.patch_head_hook(3, 0, cache["blocks.0.attn.hook_z"]), ValueError, "head 3"),
+    ],
+    ids=["missing hook name", "one name, not a list", "metric per sequence", "no cache", "pos beyond", "metric not callable", "head beyond"],
+)
+def test_bad_patching_argument_is_named(model, tokens, call, error, name) -> None:
+    _, cache = model.run_with_cache(source_of(tokens))
+    with raises_one_sentence(error, re.escape(name)):
+        call(model, tokens, cache)

@@ -343,3 +343,26 @@ def test_train_names_bad_inputs_before_the_first_step(make, kwargs, error, match
 def test_sorting_task_names_bad_inputs(call, error, match: str) -> None:
     with raises_one_sentence(error, match):
         call()
+
+
+@pytest.mark.parametrize("pos", [1, 3, 6])
+def test_lowered_pairs_differ_in_one_digit_that_becomes_the_smallest(pos) -> None:
+    task = SortingTask()
+    originals, lowered = task.lowered_pairs(50, pos, torch.Generator().manual_seed(pos))
+    digits, lowered_digits = originals[:, 1 : task.length + 1], lowered[:, 1 : task.length + 1]
+    assert digits.min() >= 1
+    differs = (digits != lowered_digits).nonzero()[:, 1]
+    assert (differs == pos - 1).all() and len(differs) == 50
+    others = torch.cat([lowered_digits[:, : pos - 1], lowered_digits[:, pos:]], dim=1)
+    assert (lowered_digits[:, pos - 1] < others.min(dim=1).values).all()
+    for sequences in (originals, lowered):
+        assert torch.equal(sequences[:, task.prompt_length :], sequences[:, 1 : task.length + 1].sort(dim=-1).values)
+        assert (sequences[:, task.length + 1] == task.sep).all() and (sequences[:, 0] == task.bos).all()
+    assert (originals[:, task.prompt_length] != lowered[:, task.prompt_length]).all()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("pos", [0, 7, 2.0, True])
+def test_lowered_pairs_name_a_bad_position(pos) -> None:
+    with raises_one_sentence(ValueError, "pos"):
+        SortingTask().lowered_pairs(4, pos, torch.Generator().manual_seed(0))

@@ -9,6 +9,12 @@ with a head's weights removed, and runs on edited tokens. Where the answer is a
 definition rather than something the model computes (one head's share of the logits),
 it comes from `mechlearn.attribution`, whose tests tie it to the model's logits.
 
+The experiments the chapter's result rests on (ablating every head, patching every
+position, patching every head) are graded twice: against the library on that small model,
+then by their outcome on the zoo's sorter, where we know the answer (L0H2 is the head it
+cannot do without; the smallest digit moves from its own position to `SEP` in layer 0's
+attention), and on a control that must not show it (a random model of the same shape).
+
 The learner's code gets copies of the cache, the tokens and every activation a hook sees,
 and must leave them as they were: in the notebook, an activation edited in place would
 silently change the learner's own cache too. It must also leave the model as it was, with
@@ -18,6 +24,7 @@ no weight edited and no hook left attached.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -27,10 +34,11 @@ from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn import attribution
+from mechlearn import attribution, patching, zoo
 from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.patching import mean_ablate_head_hook
+from mechlearn.tasks import SortingTask
 from mechlearn.train import next_token_loss
 
 # d_head * n_heads != d_model, so an einsum that mixes up the two axes fails loudly.
@@ -382,4 +390,198 @@ def check_patch_position_hook(patch_position_hook) -> None:
         what="your hook's output on a random [batch pos head d_head] activation with pos=2",
         hint=hint,
         **TOLERANCE,
+    )
+
+
+# --- the experiments, graded by their outcome on the zoo sorter -------------------------------
+
+
+SORTER = "sort-digits-2l"
+CHANGED_POS = 3  # the digit x3 is lowered in the patching pairs
+
+
+@functools.lru_cache(maxsize=1)
+def sorter_and_control() -> tuple[TransformerBridge, TransformerBridge]:
+    """The zoo's sorter (whose circuit the chapter finds) and a random model of the same shape."""
+    sorter = zoo.load(SORTER, device="cpu")
+    control = make_model(dataclasses.replace(sorter.mechlearn_config, seed=1), device="cpu")
+    return sorter, control
+
+
+@functools.lru_cache(maxsize=2)
+def patching_experiment(on_control: bool) -> tuple[TransformerBridge, Tensor, ActivationCache, Callable[[Tensor], Tensor]]:
+    """The chapter's patching experiment on the sorter (or on the control): the model, the corrupted
+    prompts, the cache of their twins with x3 lowered, and the first-digit metric (0 = corrupted, 1 = clean)."""
+    model = sorter_and_control()[on_control]
+    task = SortingTask()
+    corrupted, clean = task.lowered_pairs(80, CHANGED_POS, torch.Generator().manual_seed(5))
+    prompt_length = task.prompt_length
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean[:, :prompt_length])
+        corrupted_logits = model(corrupted[:, :prompt_length])
+
+    def first_digit_flipped(logits: Tensor) -> Tensor:
+        return patching.normalised_logit_difference(
+            logits, clean_logits, corrupted_logits, prompt_length - 1, clean[:, prompt_length], corrupted[:, prompt_length]
+        )
+
+    return model, corrupted[:, :prompt_length], clean_cache, first_digit_flipped
+
+
+@check
+def check_head_ablation_sweep(head_ablation_sweep) -> None:
+    """The loss increase of every head ablated alone; on the sorter it singles out L0H2, on a random model nothing."""
+    model, tokens, _ = reference()
+    mask = torch.arange(tokens.shape[1] - 1) >= 3
+    hint = (
+        "entry [layer, head] is loss_with_heads_ablated(model, tokens, [(layer, head)], mode, mask) minus the clean "
+        "loss (heads=[]), with the same mode and mask, one head at a time."
+    )
+    for mode, case_mask in [("zero", None), ("mean", mask)]:
+        expect_tensor(
+            call_learner_read_only(head_ablation_sweep, model, tokens, mode, case_mask),
+            patching.head_ablation_sweep(model, tokens, mode, case_mask),
+            what=f"the {mode}-ablation sweep" + (" on the masked predictions" if case_mask is not None else ""),
+            hint=hint,
+            **TOLERANCE,
+        )
+    sorter, control = sorter_and_control()
+    task = SortingTask()
+    sorter_tokens = task.sample(100, torch.Generator().manual_seed(6))
+    found = call_learner_read_only(head_ablation_sweep, sorter, sorter_tokens, "mean", task.target_mask)
+    layer, head = divmod(int(found.argmax()), sorter.cfg.n_heads)
+    expect(
+        (layer, head) == (0, 2) and found[0, 2] > 0.2 and found[1].max() < 0.01,
+        f"on the zoo sorter your sweep says the head that matters most is L{layer}H{head} (+{found.max():.3f} nats) "
+        f"and the largest layer-1 head costs {found[1].max():.4f}; expected L0H2, costing more than 0.2 nats, "
+        "and no layer-1 head costing more than 0.01",
+        hint=hint,
+    )
+    on_control = call_learner_read_only(head_ablation_sweep, control, sorter_tokens, "mean", task.target_mask)
+    expect(
+        on_control.max() < 0.1,
+        f"on a random model of the sorter's shape your sweep finds a head costing {on_control.max():.3f} nats; "
+        "a random model has no head it needs, so every entry should be below 0.1",
+        hint=hint,
+    )
+
+
+@check
+def check_normalised_logit_difference(normalised_logit_difference) -> None:
+    """(LD(patched) - LD(corrupted)) / (LD(clean) - LD(corrupted)) on batch means; 0 on the corrupted run, 1 on the clean."""
+    hint = (
+        "LD(logits) is the batch mean of logits[:, pos, clean_answers] - logits[:, pos, corrupted_answers]; take it for "
+        "the patched, clean and corrupted logits, then (patched - corrupted) / (clean - corrupted), one division of means."
+    )
+    for seed, pos in [(7, 2), (8, 4), (9, 0)]:
+        generator = torch.Generator().manual_seed(seed)
+        batch, n_pos, d_vocab = 6, 5, 9
+        patched, clean, corrupted = (3 * torch.randn(batch, n_pos, d_vocab, generator=generator) for _ in range(3))
+        clean_answers = torch.randint(0, d_vocab, (batch,), generator=generator)
+        corrupted_answers = (clean_answers + torch.randint(1, d_vocab, (batch,), generator=generator)) % d_vocab
+        args = (clean, corrupted, pos, clean_answers, corrupted_answers)
+        for name, logits, expected in [("the clean logits", clean, 1.0), ("the corrupted logits", corrupted, 0.0)]:
+            expect_tensor(
+                call_learner_read_only(normalised_logit_difference, logits, *args),
+                torch.tensor(expected),
+                what=f"your metric with {name} as the patched logits",
+                hint="the metric is 0 when the patched run is the corrupted run and 1 when it is the clean run: " + hint,
+                **TOLERANCE,
+            )
+        expect_tensor(
+            call_learner_read_only(normalised_logit_difference, patched, *args),
+            patching.normalised_logit_difference(patched, *args),
+            what=f"your metric on random logits at position {pos}",
+            hint=hint,
+            **TOLERANCE,
+        )
+
+
+@check
+def check_patch_every_position(patch_every_position) -> None:
+    """Equals the library's sweep; on the sorter the new digit moves from x3 to SEP in layer 0, on a random model it does not."""
+    model, tokens, _ = reference()
+    clean_tokens = (tokens * 5 + 2) % CONFIG.d_vocab
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+    weights = torch.linspace(-1.0, 2.0, tokens.shape[1])
+
+    def metric(logits: Tensor) -> Tensor:
+        """Every position and two tokens count, with different weights, so any misplaced patch shows."""
+        return ((logits[..., 0] - logits[..., 1]) * weights).mean()
+
+    hook_names = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out", FINAL_RESID]
+    expect_tensor(
+        call_learner_read_only(patch_every_position, model, tokens, clean_cache, hook_names, metric),
+        patching.patch_every_position(model, tokens, clean_cache, hook_names, metric),
+        what="your sweep on a small random model",
+        hint="for each hook name (rows) and each position (columns): run the CORRUPTED tokens with "
+        "patch_position_hook(pos, clean_cache[name]) on that hook alone, and record metric(patched logits).",
+        **TOLERANCE,
+    )
+    sep = SortingTask().prompt_length - 1
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_resid_pre"]
+    hint = "patch from the clean cache into the corrupted run, and score it with the metric you are given."
+    rows = []
+    for on_control in (False, True):
+        model_, prompts, prompt_cache, flipped = patching_experiment(on_control)
+        rows.append(dict(zip(names, call_learner_read_only(patch_every_position, model_, prompts, prompt_cache, names, flipped))))
+    row, control = rows
+    expect(
+        row["blocks.0.hook_resid_pre"][CHANGED_POS] > 0.95 and row["blocks.1.hook_resid_pre"][sep] > 0.95
+        and row["blocks.1.hook_resid_pre"][CHANGED_POS] < 0.05 and row["blocks.0.hook_attn_out"][sep] > 0.9,
+        "on the zoo sorter, entering layer 0 the new digit should live at x3 (> 0.95 there) and entering layer 1 at SEP "
+        f"(> 0.95 there, < 0.05 at x3), with layer 0's attention output at SEP above 0.9; your sweep gives "
+        f"{row['blocks.0.hook_resid_pre'][CHANGED_POS]:.2f}, {row['blocks.1.hook_resid_pre'][sep]:.2f}, "
+        f"{row['blocks.1.hook_resid_pre'][CHANGED_POS]:.2f} and {row['blocks.0.hook_attn_out'][sep]:.2f}",
+        hint=hint,
+    )
+    handover = control["blocks.1.hook_resid_pre"]
+    expect(
+        not (handover[sep] > 0.95 and handover[CHANGED_POS] < 0.05),
+        f"on a random model of the sorter's shape your sweep also shows the digit handed over from x3 ({handover[CHANGED_POS]:.2f}) "
+        f"to SEP ({handover[sep]:.2f}) entering layer 1; an untrained model should not move it cleanly",
+        hint=hint,
+    )
+
+
+@check
+def check_patch_every_head(patch_every_head) -> None:
+    """Equals the library's sweep; on the sorter L0H0 carries most of the new digit to SEP and layer 1 none, on a random model not."""
+    model, tokens, _ = reference()
+    clean_tokens = (tokens * 5 + 2) % CONFIG.d_vocab
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+
+    def metric(logits: Tensor) -> Tensor:
+        return (logits[..., 0] - logits[..., 1]).mean()
+
+    hint = (
+        "for each (layer, head): run the CORRUPTED tokens with a hook on blocks.{layer}.attn.hook_z that copies "
+        "clean_cache's z of that head at position pos only (z[:, pos, head]), and record metric(patched logits)."
+    )
+    for pos in [2, tokens.shape[1] - 1]:
+        expect_tensor(
+            call_learner_read_only(patch_every_head, model, tokens, clean_cache, pos, metric),
+            patching.patch_every_head(model, tokens, clean_cache, pos, metric),
+            what=f"your sweep on a small random model at position {pos}",
+            hint=hint,
+            **TOLERANCE,
+        )
+    sorter_heads, control_heads = (
+        call_learner_read_only(patch_every_head, model_, prompts, prompt_cache, SortingTask().prompt_length - 1, flipped)
+        for model_, prompts, prompt_cache, flipped in (patching_experiment(False), patching_experiment(True))
+    )
+    layer, head = divmod(int(sorter_heads.argmax()), sorter_heads.shape[1])
+    expect(
+        (layer, head) == (0, 0) and sorter_heads[0, 0] > 0.5 and sorter_heads[1].abs().sum() < 0.1,
+        f"on the zoo sorter your sweep says L{layer}H{head} carries most of the first digit to SEP ({sorter_heads.max():.2f}) "
+        f"and layer 1's heads {sorter_heads[1].abs().sum():.2f} together; expected L0H0, above 0.5, and layer 1 below 0.1",
+        hint=hint,
+    )
+    expect(
+        not (control_heads[0].max() > 0.5 and control_heads[1].abs().sum() < 0.1),
+        "on a random model of the sorter's shape your sweep finds one layer-0 head carrying the digit and an idle "
+        "layer 1, as in the sorter; an untrained model should not",
+        hint=hint,
     )

@@ -50,8 +50,29 @@ class SortingTask:
     def sample(self, batch_size: int, generator: torch.Generator) -> Int[Tensor, "batch pos"]:
         check_sample_args(batch_size, generator)
         digits = torch.randint(0, self.n_digits, (batch_size, self.length), generator=generator)
-        bos = torch.full((batch_size, 1), self.bos)
-        sep = torch.full((batch_size, 1), self.sep)
+        return self._with_sorted_half(digits)
+
+    def lowered_pairs(
+        self, batch_size: int, pos: int, generator: torch.Generator
+    ) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+        """Pairs of lists that differ in one digit: in the second, the digit at `pos` is lowered
+        below every other digit of the list, so the first sorted digit changes (chapter 02's
+        activation patching). The first lists use the digits 1 to n_digits - 1, so there is
+        always a smaller digit to lower to.
+        """
+        check_sample_args(batch_size, generator)
+        if not isinstance(pos, int) or isinstance(pos, bool) or not 1 <= pos <= self.length:
+            raise ValueError(f"pos must be the position of a digit, an int in [1, {self.length}], got {pos!r}.")
+        digits = torch.randint(1, self.n_digits, (batch_size, self.length), generator=generator)
+        originals = self._with_sorted_half(digits)
+        lowered_digits = digits.clone()
+        smallest = digits.min(dim=-1).values
+        lowered_digits[:, pos - 1] = (torch.rand(batch_size, generator=generator) * smallest).long()
+        return originals, self._with_sorted_half(lowered_digits)
+
+    def _with_sorted_half(self, digits: Int[Tensor, "batch length"]) -> Int[Tensor, "batch seq"]:
+        bos = torch.full((len(digits), 1), self.bos)
+        sep = torch.full((len(digits), 1), self.sep)
         return torch.cat([bos, digits, sep, digits.sort(dim=-1).values], dim=-1)
 
     @property
