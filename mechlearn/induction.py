@@ -31,7 +31,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.device import generator_for
-from mechlearn.models import ModelConfig, make_model, model_device
+from mechlearn.models import ModelConfig, load_pretrained, make_model, model_device
 from mechlearn.patching import run_with_heads_ablated
 from mechlearn.tasks import Task
 from mechlearn.tasks.induction import LabelledTokens
@@ -654,3 +654,26 @@ def induction_key_contrast(
     others = (rows * visible).sum(dim=-1) - at_induction
     contrast = at_induction - others / (visible.sum(dim=-1) - 1)
     return einops.reduce(contrast, "q_part k_part batch query -> q_part k_part", "mean")
+
+
+# --- a real model (optional) -------------------------------------------------------------------------
+
+
+def find_pretrained_induction_heads(
+    name: str = "gpt2",
+    seq_len: int = 50,
+    batch: int = 8,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: str | torch.device | None = None,
+) -> list[Head]:
+    """The induction heads of a pretrained model, e.g. GPT-2 (the optional section of chapter 03).
+
+    Loads `name` with `mechlearn.models.load_pretrained`, which raises
+    `mechlearn.models.PretrainedUnavailable` when there is no network and no cached copy,
+    and runs `find_induction_heads` on repeated random tokens after the tokenizer's BOS.
+    The repeat is kept short: the default for a model with n_ctx=1024 would be 511 tokens
+    twice over, slow on a CPU for no better answer.
+    """
+    model = load_pretrained(name, device=device)
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    return find_induction_heads(model, threshold=threshold, seq_len=seq_len, batch=batch, bos=bos)
