@@ -322,9 +322,14 @@ def _sigmoid_history(
     return history
 
 
+_PHASE_CHANGE_RULE = (
+    "the answer is record['step'] (not an index) of the first record at or below halfway between the first value and "
+    "the lowest (not the last); the steepest step between two records moves with the noise."
+)
+
+
 def _phase_change_cases() -> list[tuple[str, list[dict[str, float]], dict, str]]:
     """(what, history, keyword arguments, hint) for histories whose answers differ."""
-    hint = "the answer is a step (record['step']), not an index: the first record whose value is at or below halfway between the first record's value and the lowest."
     gradual = _sigmoid_history(every=20, n_records=40, start=3.5, end=1.0, at=400, width=120, noise=0.08, seed=3)
     rebound = _sigmoid_history(every=50, n_records=30, start=3.9, end=0.8, at=600, width=15, noise=0.0, seed=0)
     for i, record in enumerate(rebound[14:]):  # the loss creeps back up after its lowest point
@@ -333,29 +338,15 @@ def _phase_change_cases() -> list[tuple[str, list[dict[str, float]], dict, str]]
     for record in other_key:
         record["loss_repeated"] = 3.8
     flat = _sigmoid_history(every=50, n_records=30, start=3.9, end=3.4, at=500, width=30, noise=0.03, seed=5)
+    drop_of_1_4 = _sigmoid_history(25, 80, 3.0, 1.6, 1210, 40, 0.02, seed=2)
     return [
-        ("a sharp drop near step 420", _sigmoid_history(50, 40, 3.87, 0.9, 420, 20, 0.03, seed=1), {}, hint),
-        (
-            "a drop from 3.0 to 1.6 nats near step 1210",
-            _sigmoid_history(25, 80, 3.0, 1.6, 1210, 40, 0.02, seed=2),
-            {},
-            "halfway depends on where the loss starts and ends in this run, not on a fixed number of nats.",
-        ),
-        (
-            "a gradual, noisy decline",
-            gradual,
-            {},
-            "the steepest step between two noisy records moves with the noise; use the halfway point instead.",
-        ),
-        ("a loss that creeps back up after its lowest point", rebound, {}, "halfway is between the start and the lowest value, not the last."),
-        ("a history where eval_loss drops", other_key, {"key": "eval_loss"}, "read the key you are given."),
-        ("a loss that falls by only 0.5 nats", flat, {}, "return None when the value never falls by min_drop below its start."),
-        (
-            "a drop of 1.4 nats with min_drop=2.0",
-            _sigmoid_history(25, 80, 3.0, 1.6, 1210, 40, 0.02, seed=2),
-            {"min_drop": 2.0},
-            "use the min_drop you are given.",
-        ),
+        ("a sharp drop near step 420", _sigmoid_history(50, 40, 3.87, 0.9, 420, 20, 0.03, seed=1), {}, ""),
+        ("a drop from 3.0 to 1.6 nats near step 1210", drop_of_1_4, {}, "halfway depends on this run's start and lowest, not on a fixed number of nats;"),
+        ("a gradual, noisy decline", gradual, {}, ""),
+        ("a loss that creeps back up after its lowest point", rebound, {}, "halfway is to the lowest value, not the last;"),
+        ("a history where eval_loss drops", other_key, {"key": "eval_loss"}, "read the key you are given;"),
+        ("a loss that falls by only 0.5 nats", flat, {}, "return None when the value never falls by min_drop below its start;"),
+        ("a drop of 1.4 nats with min_drop=2.0", drop_of_1_4, {"min_drop": 2.0}, "use the min_drop you are given;"),
     ]
 
 
@@ -364,15 +355,15 @@ def check_phase_change_step(phase_change_step) -> None:
     """The halfway step on histories with different drops, intervals and noise; None without a drop; the zoo's own run."""
     cases = _phase_change_cases()
     card = zoo.card("induction-2l")
-    cases.append(("the zoo model's training history", card["history"], {}, cases[0][3]))
-    for what, history, settings, hint in cases:
+    cases.append(("the zoo model's training history", card["history"], {}, ""))
+    for what, history, settings, note in cases:
         expected = induction.phase_change_step(history, **settings)
         actual = call_learner(phase_change_step, copy.deepcopy(history), **settings)
         expect(
             actual is None if expected is None else (is_int(actual) and actual == expected),
             f"on {what} ({', '.join(f'{k}={v}' for k, v in settings.items()) or 'default arguments'}) the phase change is at "
             f"{'no step (None)' if expected is None else f'step {expected}'}; you returned {actual!r}.",
-            hint,
+            f"{note} {_PHASE_CHANGE_RULE}".strip(),
         )
     truth = card["metrics"]["step_to_induction"]
     every = card["recipe"]["training"]["eval_every"]
@@ -380,7 +371,7 @@ def check_phase_change_step(phase_change_step) -> None:
     expect(
         abs(found - truth) <= every,
         f"on the zoo's run you found step {found}, but the induction score passed {zoo.INDUCTION_SCORE_TARGET} at step {truth}.",
-        "halfway down the loss on repeated tokens.",
+        _PHASE_CHANGE_RULE,
     )
 
 
