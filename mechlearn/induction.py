@@ -14,7 +14,11 @@ Each score is the mean attention weight on the position the definition names, so
 lies in [0, 1] and is 1 exactly for a head that does nothing else. K-composition
 (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits") measures how
 much a later head's keys read what an earlier head wrote; Q- and V-composition, how much
-its queries or values do.
+its queries or values do. The weights also say what a head does on its own (the copying
+score of its OV circuit, the positional part of its QK circuit), and its attention scores
+split into one term per pair of sources, which shows the K-composition term at work.
+Finally, `train_monitored` and `phase_change_step` find the step at which an induction
+head forms during training (Olsson et al. 2022, argument 1).
 """
 
 from __future__ import annotations
@@ -462,7 +466,7 @@ def train_monitored(
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> tuple[TransformerBridge, list[dict[str, float]]]:
-    """Train a fresh model of shape `model_config` on `task`, watched by `training_monitor` (taught in chapter 03, exercise 8).
+    """Train a fresh model of shape `model_config` on `task`, watched by `training_monitor` (taught in chapter 03, exercise 13).
 
     The monitor measures the loss on `labelled`'s first and repeated tokens and every head's
     induction and previous-token scores on repeated random tokens of length
@@ -479,7 +483,7 @@ def train_monitored(
 
 
 def phase_change_step(history: list[dict[str, float]], key: str = "loss_repeated", min_drop: float = 1.0) -> int | None:
-    """The step at which `key` has first fallen halfway from its start to its lowest value (taught in chapter 03, exercise 9).
+    """The step at which `key` has first fallen halfway from its start to its lowest value (taught in chapter 03, exercise 14).
 
     The start is the first record's value. A run in which `key` never falls by at least
     `min_drop` below its start has no phase change: the answer is then None. Halfway is
@@ -516,7 +520,7 @@ def _check_head(model: TransformerBridge, layer: int, head: int) -> None:
 
 @torch.no_grad()
 def copying_score(model: TransformerBridge, layer: int, head: int) -> float:
-    """How much a head's full OV circuit copies: `sum(Re λ) / sum(|λ|)` over the eigenvalues λ of `W_E W_OV W_U` (chapter 03, exercise 10).
+    """How much a head's full OV circuit copies: `sum(Re λ) / sum(|λ|)` over the eigenvalues λ of `W_E W_OV W_U` (chapter 03, exercise 8).
 
     Elhage et al. (2021), "A Mathematical Framework for Transformer Circuits", section
     "Copying / Primitive Instruction-Following": a head that copies maps each token to its
@@ -534,7 +538,7 @@ def copying_score(model: TransformerBridge, layer: int, head: int) -> float:
 
 @torch.no_grad()
 def positional_qk(model: TransformerBridge, layer: int, head: int) -> Float[Tensor, "query_pos key_pos"]:
-    """The positional part of a head's QK circuit, `W_pos W_QK W_pos^T`, with future keys at -inf (chapter 03, exercise 11).
+    """The positional part of a head's QK circuit, `W_pos W_QK W_pos^T`, with future keys at -inf (chapter 03, exercise 9).
 
     Entry `[q, k]` is the attention score a query at position `q` gives a key at position
     `k` from the position embeddings alone (biases, tokens and LayerNorm left out). The
@@ -547,7 +551,7 @@ def positional_qk(model: TransformerBridge, layer: int, head: int) -> Float[Tens
 
 
 def offset_fraction(scores: Float[Tensor, "query_pos key_pos"], offset: int) -> float:
-    """The fraction of queries `q >= offset` whose highest-scoring key is `q - offset` (chapter 03, exercise 12).
+    """The fraction of queries `q >= offset` whose highest-scoring key is `q - offset` (chapter 03, exercise 10).
 
     A previous-token head's `positional_qk` scores 1 at `offset=1`; a head that ignores
     position picks its best key at random and scores near `1 / q` on average.
@@ -577,7 +581,7 @@ def attention_input_components(
     model has LayerNorm, each part is centred and divided by the scale the cache holds for
     that position (`ln1.hook_scale`), then multiplied by the LayerNorm weight, so the parts
     still add up to exactly what the queries and keys read; the LayerNorm bias joins the
-    constants. Labels: "embed", "pos", "L0H0", ..., "bias". Used in chapter 03 (exercise 13).
+    constants. Labels: "embed", "pos", "L0H0", ..., "bias". Taught in chapter 03, section 10.
     """
     if not isinstance(cache, ActivationCache):
         raise TypeError(f"cache must be the ActivationCache of model.run_with_cache, got {describe(cache)}.")
@@ -612,7 +616,7 @@ def attention_input_components(
 def attention_score_terms(
     model: TransformerBridge, components: Float[Tensor, "component batch pos d_model"], layer: int, head: int
 ) -> Float[Tensor, "query_component key_component batch query_pos key_pos"]:
-    """A head's attention scores split into one term per (query part, key part) pair (chapter 03, exercise 13).
+    """A head's attention scores split into one term per (query part, key part) pair (chapter 03, exercise 11).
 
     Each part is sent through `W_Q` at the query and `W_K` at the key; the biases `b_Q` and
     `b_K` join the last part (the constants of `attention_input_components`). Term `[i, j]`
@@ -634,7 +638,7 @@ def attention_score_terms(
 def induction_key_contrast(
     terms: Float[Tensor, "query_component key_component batch query_pos key_pos"], seq_len: int
 ) -> Float[Tensor, "query_component key_component"]:
-    """How much each term raises the induction key above the other keys (chapter 03, exercise 14).
+    """How much each term raises the induction key above the other keys (chapter 03, exercise 12).
 
     On repeated tokens (the repeat is the last `2 * seq_len` positions), for each
     second-half query `q`: the term at the induction key `q - seq_len + 1`, minus the term's
