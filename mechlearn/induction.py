@@ -14,11 +14,16 @@ Each score is the mean attention weight on the position the definition names, so
 lies in [0, 1] and is 1 exactly for a head that does nothing else. K-composition
 (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits") measures how
 much a later head's keys read what an earlier head wrote; Q- and V-composition, how much
-its queries or values do.
+its queries or values do. The weights also say what a head does on its own (the copying
+score of its OV circuit, the positional part of its QK circuit), and its attention scores
+split into one term per pair of sources, which shows the K-composition term at work.
+Finally, `train_monitored` and `phase_change_step` find the step at which an induction
+head forms during training (Olsson et al. 2022, argument 1).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -30,10 +35,11 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechlearn.device import generator_for
-from mechlearn.models import model_device
+from mechlearn.models import ModelConfig, load_pretrained, make_model, model_device
 from mechlearn.patching import run_with_heads_ablated
+from mechlearn.tasks import Task
 from mechlearn.tasks.induction import LabelledTokens
-from mechlearn.train import next_token_loss
+from mechlearn.train import TrainConfig, next_token_loss, train
 from mechlearn.validation import check_finite, check_number, check_same_device, check_tensor, check_token_ids, describe, is_int
 
 DEFAULT_THRESHOLD = 0.5
@@ -447,3 +453,231 @@ def induction_circuit_summary(
         "k_composition_scores": composition.tolist(),
         "strongest_k_composition": [[0, strongest[0]], [1, strongest[1]]],
     }
+
+
+# --- the phase change, from a training run of your own -------------------------------------------
+
+
+def train_monitored(
+    task: Task,
+    model_config: ModelConfig,
+    training: TrainConfig,
+    labelled: LabelledTokens,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[TransformerBridge, list[dict[str, float]]]:
+    """Train a fresh model of shape `model_config` on `task`, watched by `training_monitor` (taught in chapter 03, exercise 13).
+
+    The monitor measures the loss on `labelled`'s first and repeated tokens and every head's
+    induction and previous-token scores on repeated random tokens of length
+    `(task.n_ctx - 1) // 2` after `task.bos`: the longest repeat that fits. Returns the
+    trained model and the history of `mechlearn.train.train`, one record every
+    `training.eval_every` steps.
+    """
+    _check_labelled(labelled)
+    if not isinstance(model_config, ModelConfig):
+        raise TypeError(f"model_config must be a mechlearn.models.ModelConfig, got {describe(model_config)}.")
+    model = make_model(model_config, device=device)
+    monitor = training_monitor(labelled, seq_len=(task.n_ctx - 1) // 2, bos=task.bos)
+    return model, train(model, task, training, eval_fn=monitor, progress=progress)
+
+
+def phase_change_step(history: list[dict[str, float]], key: str = "loss_repeated", min_drop: float = 1.0) -> int | None:
+    """The step at which `key` has first fallen halfway from its start to its lowest value (taught in chapter 03, exercise 14).
+
+    The start is the first record's value. A run in which `key` never falls by at least
+    `min_drop` below its start has no phase change: the answer is then None. Halfway is
+    where a sharp drop is steepest, and unlike the steepest single step between two
+    records, it does not move with the noise of one evaluation.
+    """
+    if not isinstance(history, list) or not history or not all(isinstance(record, dict) for record in history):
+        raise ValueError(f"history must be a non-empty list of records (dicts) from mechlearn.train.train, got {describe(history)}.")
+    missing = [i for i, record in enumerate(history) if key not in record or "step" not in record]
+    if missing:
+        raise KeyError(f"history record {missing[0]} has no 'step' or no {key!r}; train with eval_fn=training_monitor(...).")
+    check_number(min_drop, "min_drop", minimum=0.0)
+    values = [record[key] for record in history]
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError(f"history holds a NaN or infinite {key!r}, so no step can be said to be its phase change.")
+    start, lowest = values[0], min(values)
+    if start - lowest < min_drop:
+        return None
+    halfway = (start + lowest) / 2
+    return next(int(record["step"]) for record, value in zip(history, values) if value <= halfway)
+
+
+# --- reading the weights: OV copying, positional QK ------------------------------------------------
+
+
+def _check_head(model: TransformerBridge, layer: int, head: int) -> None:
+    if not isinstance(model, TransformerBridge):
+        raise TypeError(f"model must be a TransformerBridge, got {describe(model)}.")
+    if not (is_int(layer) and 0 <= layer < model.cfg.n_layers and is_int(head) and 0 <= head < model.cfg.n_heads):
+        raise ValueError(
+            f"(layer, head) must be in [0, {model.cfg.n_layers}) x [0, {model.cfg.n_heads}), got ({layer!r}, {head!r})."
+        )
+
+
+@torch.no_grad()
+def copying_score(model: TransformerBridge, layer: int, head: int) -> float:
+    """How much a head's full OV circuit copies: `sum(Re λ) / sum(|λ|)` over the eigenvalues λ of `W_E W_OV W_U` (chapter 03, exercise 8).
+
+    Elhage et al. (2021), "A Mathematical Framework for Transformer Circuits", section
+    "Copying / Primitive Instruction-Following": a head that copies maps each token to its
+    own logit, so `W_E W_OV W_U` has positive eigenvalues and the score is near 1; a head
+    that suppresses what it attends to scores near -1, and a random head near 0. The
+    eigenvalues come from the low-rank factors (`FactoredMatrix.eigenvalues`), so no
+    `d_vocab x d_vocab` matrix is diagonalised. A head whose circuit is zero scores 0.
+    LayerNorm is left out, as in the paper.
+    """
+    _check_head(model, layer, head)
+    eigenvalues = (model.W_E @ model.OV[layer, head] @ model.W_U).eigenvalues
+    total = eigenvalues.abs().sum()
+    return 0.0 if total == 0 else (eigenvalues.real.sum() / total).item()
+
+
+@torch.no_grad()
+def positional_qk(model: TransformerBridge, layer: int, head: int) -> Float[Tensor, "query_pos key_pos"]:
+    """The positional part of a head's QK circuit, `W_pos W_QK W_pos^T`, with future keys at -inf (chapter 03, exercise 9).
+
+    Entry `[q, k]` is the attention score a query at position `q` gives a key at position
+    `k` from the position embeddings alone (biases, tokens and LayerNorm left out). The
+    causal mask hides keys after the query, so those entries are -inf.
+    """
+    _check_head(model, layer, head)
+    scores = (model.W_pos @ model.QK[layer, head] @ model.W_pos.T).AB
+    future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)
+    return scores.masked_fill(future, -math.inf)
+
+
+def offset_fraction(scores: Float[Tensor, "query_pos key_pos"], offset: int) -> float:
+    """The fraction of queries `q >= offset` whose highest-scoring key is `q - offset` (chapter 03, exercise 10).
+
+    A previous-token head's `positional_qk` scores 1 at `offset=1`; a head that ignores
+    position picks its best key at random and scores near `1 / q` on average.
+    """
+    check_tensor(scores, "scores", 2, floating=True)
+    if scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"scores must be square [query_pos key_pos], got shape {tuple(scores.shape)}.")
+    if not (is_int(offset) and 0 <= offset < scores.shape[0]):
+        raise ValueError(f"offset must be an int in [0, {scores.shape[0]}), got {offset!r}.")
+    if scores.isnan().any():
+        raise ValueError("scores holds NaN, so no key can be said to score highest.")
+    queries = torch.arange(offset, scores.shape[0], device=scores.device)
+    return (scores[queries].argmax(dim=-1) == queries - offset).float().mean().item()
+
+
+# --- decomposed attention scores ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def attention_input_components(
+    model: TransformerBridge, cache: ActivationCache, layer: int
+) -> tuple[list[str], Float[Tensor, "component batch pos d_model"]]:
+    """What a head in `layer` reads, split by source: embedding, position, each earlier head, and constants.
+
+    The parts of the residual stream before `layer` are the token embedding, the position
+    embedding, each earlier head's output `z_h W_O[h]`, and the output biases `b_O`. When the
+    model has LayerNorm, each part is centred and divided by the scale the cache holds for
+    that position (`ln1.hook_scale`), then multiplied by the LayerNorm weight, so the parts
+    still add up to exactly what the queries and keys read; the LayerNorm bias joins the
+    constants. Labels: "embed", "pos", "L0H0", ..., "bias". Taught in chapter 03, section 10.
+    """
+    if not isinstance(cache, ActivationCache):
+        raise TypeError(f"cache must be the ActivationCache of model.run_with_cache, got {describe(cache)}.")
+    _check_head(model, layer, 0)
+    if not model.cfg.attn_only:
+        raise ValueError("attention_input_components splits attention-only models; this one has MLPs, which mix the parts.")
+    normalization = model.cfg.normalization_type
+    if normalization not in (None, "LN", "LNPre"):
+        raise ValueError(f"attention_input_components handles LayerNorm (LN, LNPre) or none, not {normalization!r}.")
+    labels = ["embed", "pos"]
+    parts = [cache["hook_embed"], cache["hook_pos_embed"].expand_as(cache["hook_embed"])]
+    constant = torch.zeros_like(parts[0])
+    for earlier in range(layer):
+        z = cache[f"blocks.{earlier}.attn.hook_z"]
+        heads = einops.einsum(z, model.W_O[earlier], "batch pos head d_head, head d_head d_model -> head batch pos d_model")
+        labels += [head_label(earlier, head) for head in range(model.cfg.n_heads)]
+        parts += list(heads)
+        constant = constant + model.b_O[earlier]
+    parts.append(constant)
+    stack = torch.stack(parts)
+    if normalization is not None:
+        block = model.blocks[layer]
+        scale = cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch pos 1]
+        stack = (stack - stack.mean(dim=-1, keepdim=True)) / scale
+        if normalization == "LN":
+            stack = stack * block.ln1.weight
+            stack[-1] = stack[-1] + block.ln1.bias
+    return [*labels, "bias"], stack
+
+
+@torch.no_grad()
+def attention_score_terms(
+    model: TransformerBridge, components: Float[Tensor, "component batch pos d_model"], layer: int, head: int
+) -> Float[Tensor, "query_component key_component batch query_pos key_pos"]:
+    """A head's attention scores split into one term per (query part, key part) pair (chapter 03, exercise 11).
+
+    Each part is sent through `W_Q` at the query and `W_K` at the key; the biases `b_Q` and
+    `b_K` join the last part (the constants of `attention_input_components`). Term `[i, j]`
+    is `(part_i W_Q)(part_j W_K)^T / sqrt(d_head)` at every query and key position, so the
+    terms add up to the head's attention scores before the causal mask.
+    """
+    _check_head(model, layer, head)
+    check_tensor(components, "components", 4, floating=True)
+    if components.shape[-1] != model.cfg.d_model:
+        raise ValueError(f"components must end in d_model={model.cfg.d_model}, got shape {tuple(components.shape)}.")
+    queries = einops.einsum(components, model.W_Q[layer, head], "part batch pos d_model, d_model d_head -> part batch pos d_head")
+    keys = einops.einsum(components, model.W_K[layer, head], "part batch pos d_model, d_model d_head -> part batch pos d_head")
+    queries[-1] = queries[-1] + model.b_Q[layer, head]
+    keys[-1] = keys[-1] + model.b_K[layer, head]
+    terms = einops.einsum(queries, keys, "q_part batch q_pos d_head, k_part batch k_pos d_head -> q_part k_part batch q_pos k_pos")
+    return terms / math.sqrt(model.cfg.d_head)
+
+
+def induction_key_contrast(
+    terms: Float[Tensor, "query_component key_component batch query_pos key_pos"], seq_len: int
+) -> Float[Tensor, "query_component key_component"]:
+    """How much each term raises the induction key above the other keys (chapter 03, exercise 12).
+
+    On repeated tokens (the repeat is the last `2 * seq_len` positions), for each
+    second-half query `q`: the term at the induction key `q - seq_len + 1`, minus the term's
+    mean over the other keys the query can see (`k <= q`); averaged over queries and batch.
+    The contrasts add up to the full score's, since each is linear in the term.
+    """
+    check_tensor(terms, "terms", 5, floating=True)
+    n_pos = terms.shape[-1]
+    if terms.shape[-2] != n_pos:
+        raise ValueError(f"terms must be square in query_pos and key_pos, got shape {tuple(terms.shape)}.")
+    if not (is_int(seq_len) and 1 <= seq_len and 2 * seq_len <= n_pos):
+        raise ValueError(f"seq_len must be an int with 2 * seq_len <= {n_pos} positions, got {seq_len!r}.")
+    queries = torch.arange(n_pos - seq_len, n_pos, device=terms.device)
+    rows = terms[..., queries, :]  # [q_part k_part batch query key]
+    at_induction = rows.gather(-1, (queries - seq_len + 1)[:, None].expand(*rows.shape[:-1], 1))[..., 0]
+    visible = torch.arange(n_pos, device=terms.device)[None, :] <= queries[:, None]  # [query key]
+    others = (rows * visible).sum(dim=-1) - at_induction
+    contrast = at_induction - others / (visible.sum(dim=-1) - 1)
+    return einops.reduce(contrast, "q_part k_part batch query -> q_part k_part", "mean")
+
+
+# --- a real model (optional) -------------------------------------------------------------------------
+
+
+def find_pretrained_induction_heads(
+    name: str = "gpt2",
+    seq_len: int = 50,
+    batch: int = 8,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: str | torch.device | None = None,
+) -> list[Head]:
+    """The induction heads of a pretrained model, e.g. GPT-2 (the optional section of chapter 03).
+
+    Loads `name` with `mechlearn.models.load_pretrained`, which raises
+    `mechlearn.models.PretrainedUnavailable` when there is no network and no cached copy,
+    and runs `find_induction_heads` on repeated random tokens after the tokenizer's BOS.
+    The repeat is kept short: the default for a model with n_ctx=1024 would be 511 tokens
+    twice over, slow on a CPU for no better answer.
+    """
+    model = load_pretrained(name, device=device)
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    return find_induction_heads(model, threshold=threshold, seq_len=seq_len, batch=batch, bos=bos)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from bad_inputs import needs_cuda, raises_one_sentence
 
-from mechlearn import induction
+from mechlearn import induction, zoo
 from mechlearn.handcrafted import induction_circuit_model
 from mechlearn.models import ModelConfig, make_model
 from mechlearn.tasks import InductionTask
-from mechlearn.train import next_token_loss
+from mechlearn.train import TrainConfig, next_token_loss
 
 N_POS, SEQ_LEN = 9, 4  # [BOS, x1..x4, x1..x4]
 
@@ -399,3 +399,164 @@ def test_nan_weights_are_named_not_scored(random_model) -> None:
         broken_values.blocks[1].attn.W_V[0, 0, 0] = float("inf")
     with raises_one_sentence(ValueError, "model"):
         induction.composition_scores(broken_values, "v")
+
+
+# --- the phase change ----------------------------------------------------------------------------
+
+
+def record_history(values: list[float], every: int = 50, key: str = "loss_repeated") -> list[dict[str, float]]:
+    return [{"step": every * (i + 1), key: value} for i, value in enumerate(values)]
+
+
+def test_phase_change_step_is_halfway_to_the_lowest_value() -> None:
+    # start 4.0, lowest 1.0: halfway is 2.5, first reached at the fourth record (step 200).
+    history = record_history([4.0, 3.9, 3.0, 2.5, 1.0, 1.6])
+    assert induction.phase_change_step(history) == 200
+    assert induction.phase_change_step(history, min_drop=3.5) is None  # it fell by 3.0 only
+    assert induction.phase_change_step(record_history([3.9, 3.8, 3.5, 3.4])) is None
+
+
+def test_phase_change_step_on_the_zoo_run_is_where_the_induction_score_arrives() -> None:
+    card = zoo.card("induction-2l")
+    found = induction.phase_change_step(card["history"])
+    assert abs(found - card["metrics"]["step_to_induction"]) <= card["recipe"]["training"]["eval_every"]
+    # The score rises rather than falls: its phase change is where its negative is halfway down.
+    scores = [{"step": r["step"], "minus_score": -max(v for k, v in r.items() if k.startswith("induction_score_L1"))} for r in card["history"]]
+    assert abs(induction.phase_change_step(scores, "minus_score", min_drop=0.5) - found) <= 50
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "history, error, match",
+    [
+        ([], ValueError, "history"),
+        ([{"step": 50}], KeyError, "loss_repeated"),
+        (record_history([3.0, float("nan")]), ValueError, "NaN"),
+    ],
+    ids=["empty", "no_key", "nan"],
+)
+def test_phase_change_step_validation(history, error, match) -> None:
+    with pytest.raises(error, match=match):
+        induction.phase_change_step(history)
+
+
+def test_train_monitored_records_the_monitor_and_is_deterministic() -> None:
+    task = zoo.INDUCTION_TASK
+    config = ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=None, seed=3)
+    training = TrainConfig(steps=6, batch_size=8, warmup_steps=1, eval_every=3, eval_batch_size=16, seed=3)
+    labelled = task.sample_labelled(32, torch.Generator().manual_seed(0))
+    (model, history), (_, again) = (induction.train_monitored(task, config, training, labelled) for _ in range(2))
+    assert [record["step"] for record in history] == [3, 6]
+    assert {"loss_first", "loss_repeated", "induction_score_L1H1", "previous_token_score_L0H0"} <= set(history[-1])
+    assert history[-1]["loss_repeated"] == again[-1]["loss_repeated"]
+    with raises_one_sentence(TypeError, "model_config"):
+        induction.train_monitored(task, "2 layers", training, labelled)
+
+
+# --- OV copying and positional QK ----------------------------------------------------------------
+
+
+def test_copying_score_of_the_planted_heads(circuit) -> None:
+    assert induction.copying_score(circuit.model, *circuit.induction_head) == pytest.approx(1.0)
+    assert induction.copying_score(circuit.model, *circuit.previous_token_head) == 0.0  # it writes where W_U never reads
+    negated = copy.deepcopy(circuit.model)
+    with torch.no_grad():
+        negated.blocks[1].attn.o.weight.neg_()
+    assert induction.copying_score(negated, *circuit.induction_head) == pytest.approx(-1.0)
+
+
+def test_copying_score_of_random_heads_is_near_zero(random_model) -> None:
+    scores = [induction.copying_score(random_model, layer, head) for layer in range(2) for head in range(3)]
+    assert max(abs(score) for score in scores) < 0.5
+
+
+def test_positional_qk_of_the_planted_previous_token_head(circuit) -> None:
+    scores = induction.positional_qk(circuit.model, *circuit.previous_token_head)
+    assert scores.shape == (24, 24)
+    assert torch.isneginf(scores[torch.ones(24, 24, dtype=torch.bool).triu(diagonal=1)]).all()
+    assert induction.offset_fraction(scores, 1) == 1.0
+    assert induction.offset_fraction(scores, 2) == 0.0
+
+
+def test_offset_fraction_counts_only_queries_that_have_the_key() -> None:
+    scores = torch.tensor([[0.0, -1, -1], [1.0, 0.0, -1], [0.0, 1.0, 0.5]]).masked_fill(torch.ones(3, 3, dtype=torch.bool).triu(1), -math.inf)
+    assert induction.offset_fraction(scores, 1) == 1.0  # queries 1 and 2 score the key before them highest
+    assert induction.offset_fraction(scores, 2) == 0.0
+    assert induction.offset_fraction(scores, 0) == pytest.approx(1 / 3)
+
+
+@pytest.mark.bad_input
+def test_weight_readers_name_bad_arguments(random_model) -> None:
+    with raises_one_sentence(ValueError, r"\(layer, head\)"):
+        induction.copying_score(random_model, 2, 0)
+    with raises_one_sentence(ValueError, "offset"):
+        induction.offset_fraction(torch.zeros(4, 4), 4)
+    with raises_one_sentence(ValueError, "square"):
+        induction.offset_fraction(torch.zeros(4, 5), 1)
+
+
+# --- decomposed attention scores -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["circuit", "zoo"])
+def test_score_terms_add_up_to_the_attention_scores(which, circuit) -> None:
+    model, bos = (circuit.model, 0) if which == "circuit" else (zoo.load("induction-2l"), zoo.INDUCTION_TASK.bos)
+    seq_len = (model.cfg.n_ctx - 1) // 2
+    tokens = induction.repeated_random_tokens(model.cfg.d_vocab, seq_len, 4, torch.Generator().manual_seed(0), bos=bos)
+    _, cache = model.run_with_cache(tokens)
+    labels, components = induction.attention_input_components(model, cache, 1)
+    assert labels == ["embed", "pos", *(f"L0H{h}" for h in range(model.cfg.n_heads)), "bias"]
+    torch.testing.assert_close(components.sum(dim=0), cache["blocks.1.attn.q.hook_in"], atol=1e-5, rtol=0)
+    for head in range(model.cfg.n_heads):
+        terms = induction.attention_score_terms(model, components, 1, head)
+        q, k = cache["blocks.1.attn.hook_q"][:, :, head], cache["blocks.1.attn.hook_k"][:, :, head]
+        torch.testing.assert_close(terms.sum(dim=(0, 1)), q @ k.transpose(-1, -2) / math.sqrt(model.cfg.d_head), atol=1e-4, rtol=0)
+
+
+def test_only_the_k_composition_term_lifts_the_planted_induction_key(circuit) -> None:
+    tokens = induction.repeated_random_tokens(64, 11, 4, torch.Generator().manual_seed(0), bos=0)
+    _, cache = circuit.model.run_with_cache(tokens)
+    labels, components = induction.attention_input_components(circuit.model, cache, 1)
+    contrast = induction.induction_key_contrast(induction.attention_score_terms(circuit.model, components, *circuit.induction_head), 11)
+    k_term = (labels.index("embed"), labels.index("L0H2"))
+    assert contrast[k_term] == pytest.approx(20.0, abs=1e-3)  # the sharpness
+    contrast[k_term] = 0.0
+    assert contrast.abs().max() < 1e-4
+
+
+@pytest.mark.bad_input
+def test_decomposition_names_bad_arguments(circuit) -> None:
+    with raises_one_sentence(TypeError, "cache"):
+        induction.attention_input_components(circuit.model, {}, 1)
+    with raises_one_sentence(ValueError, "d_model"):
+        induction.attention_score_terms(circuit.model, torch.zeros(3, 1, 4, 5), 1, 0)
+    with raises_one_sentence(ValueError, "seq_len"):
+        induction.induction_key_contrast(torch.zeros(2, 2, 1, 6, 6), 4)
+
+
+# --- a pretrained model (offline: a tiny random GPT-2 saved to a folder) ----------------------------
+
+
+def test_find_pretrained_induction_heads_on_a_local_gpt2(tmp_path) -> None:
+    from test_pretrained import save_tiny_gpt2
+
+    save_tiny_gpt2(tmp_path)
+    heads = induction.find_pretrained_induction_heads(str(tmp_path), seq_len=8, batch=4, device="cpu")
+    assert heads == []  # random weights: no induction head
+    planted_low = induction.find_pretrained_induction_heads(str(tmp_path), seq_len=8, batch=4, threshold=0.0, device="cpu")
+    assert planted_low == [(layer, head) for layer in range(2) for head in range(4)]  # the scores were computed for every head
+
+
+def test_find_pretrained_induction_heads_offline_raises_pretrained_unavailable(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    from mechlearn.models import PretrainedUnavailable
+
+    hf_home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    with pytest.raises(PretrainedUnavailable):
+        induction.find_pretrained_induction_heads("gpt2", device="cpu")
