@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 import socket
 import types
 import urllib.parse
@@ -36,6 +37,7 @@ class CheckpointError(RuntimeError):
 
 
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu")
+ONLINE_FLAG = "MECHLEARN_ONLINE"  # set to "1" to let load_pretrained download a model
 NORMALIZATIONS = ("LN", "LNPre", "RMS", None)
 
 
@@ -279,9 +281,10 @@ def _looks_like_path(name: str) -> bool:
 def load_pretrained(name: str, device: str | torch.device | None = None, **kwargs: Any) -> TransformerBridge:
     """Load a real pretrained model (e.g. "gpt2") as a `TransformerBridge`.
 
-    Optional: real models are extras, used in the optional sections of chapter 02; every
-    required exercise runs offline on the toy models in `mechlearn.zoo`. The first load of a
-    hub model needs the network; after that it comes from the local Hugging Face cache.
+    Optional: real models are extras, used in the optional sections of chapters 01-03; every
+    required exercise runs offline on the toy models in `mechlearn.zoo`. A hub model not yet in
+    the local Hugging Face cache is downloaded only when `MECHLEARN_ONLINE=1` is set (no
+    default path downloads anything); after that it comes from the cache.
     `name` is a hub id or a folder written by `save_pretrained`; `kwargs` go to
     `TransformerBridge.boot_transformers` (e.g. `dtype`).
     """
@@ -301,6 +304,11 @@ def load_pretrained(name: str, device: str | torch.device | None = None, **kwarg
                 "model.save_pretrained(folder)."
             )
         return TransformerBridge.boot_transformers(str(folder), device=device, **kwargs)
+    if not _is_cached(name) and os.environ.get(ONLINE_FLAG) != "1":
+        raise PretrainedUnavailable(
+            f"{name!r} is not in the local Hugging Face cache, and mechlearn downloads a model only when asked: "
+            f"set the environment variable {ONLINE_FLAG}=1 (with a network connection) to fetch it once."
+        )
     if not huggingface_hub.constants.HF_HUB_OFFLINE and not _is_cached(name) and not _hub_reachable():
         raise _unavailable(name)  # now, not after the hub client's half a minute of retries
     try:

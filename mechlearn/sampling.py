@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -108,3 +109,35 @@ def generate(
         next_token = sample_next_token(model(tokens)[:, -1], temperature, generator)
         tokens = torch.cat([tokens, next_token[:, None]], dim=-1)
     return tokens
+
+
+@torch.no_grad()
+def continue_text(
+    model: torch.nn.Module,
+    prompt: str,
+    max_new_tokens: int,
+    sampler: Callable[..., Int[Tensor, "batch"]],
+    seed: int = 0,
+) -> str:
+    """`prompt` and `max_new_tokens` more tokens, each drawn by `sampler(last_logits, generator=...)`.
+
+    For a model with a tokenizer, such as GPT-2 from `mechlearn.models.load_pretrained`
+    (chapter 01's optional section); `sampler` is any of this module's samplers with its
+    settings bound, e.g. `functools.partial(sample_top_p, p=0.9)`.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise TypeError(f"prompt must be a non-empty str, got {prompt!r}.")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("model has no tokenizer, so it cannot read a text prompt; use generate on token ids instead.")
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}.")
+    if not callable(sampler):
+        raise TypeError(f"sampler must be a function (logits, generator=...) -> token ids, got {type(sampler).__name__}.")
+    tokens = model.to_tokens(prompt)
+    if tokens.shape[-1] + max_new_tokens > model.cfg.n_ctx:
+        raise ValueError(f"{tokens.shape[-1]} prompt tokens and max_new_tokens={max_new_tokens} pass the model's n_ctx={model.cfg.n_ctx}; ask for fewer.")
+    generator = generator_for("sampling.continue_text", seed, tokens.device)
+    for _ in range(max_new_tokens):
+        next_token = sampler(model(tokens)[:, -1], generator=generator)
+        tokens = torch.cat([tokens, next_token[:, None]], dim=-1)
+    return model.to_string(tokens[0])

@@ -41,6 +41,31 @@ def save_tiny_gpt2(folder: Path) -> GPT2LMHeadModel:
     return model
 
 
+@pytest.fixture(autouse=True)
+def downloads_allowed(monkeypatch):
+    """The learner has opted in to downloads, so that the tests below reach the network checks."""
+    monkeypatch.setenv(mechlearn.models.ONLINE_FLAG, "1")
+
+
+@pytest.mark.bad_input
+def test_a_hub_model_is_never_downloaded_unless_the_learner_opts_in(tmp_path, monkeypatch):
+    monkeypatch.delenv(mechlearn.models.ONLINE_FLAG)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the network was asked without the learner's opt-in")
+
+    boot_transformers = TransformerBridge.boot_transformers
+    monkeypatch.setattr(mechlearn.models.socket, "create_connection", must_not_run)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", must_not_run)
+    with pytest.raises(PretrainedUnavailable, match=r"^'gpt2' is not in the local Hugging Face cache.*set the environment variable MECHLEARN_ONLINE=1"):
+        load_pretrained("gpt2")
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", boot_transformers)
+    save_tiny_gpt2(tmp_path / "local")  # a local folder needs no opt-in
+    assert isinstance(load_pretrained(str(tmp_path / "local"), device="cpu"), TransformerBridge)
+
+
 @pytest.fixture
 def offline_empty_cache(tmp_path, monkeypatch):
     """HF offline mode with an empty cache, so no cached copy or network can make a load succeed."""

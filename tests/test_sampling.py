@@ -3,6 +3,7 @@
 Greedy and temperature sampling are tested in test_transformer.py.
 """
 
+import functools
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from bad_inputs import raises_one_sentence
 
 from mechlearn.models import ModelConfig, make_model
-from mechlearn.sampling import generate, sample_next_token, sample_top_k, sample_top_p
+from mechlearn.sampling import continue_text, generate, sample_next_token, sample_top_k, sample_top_p
 
 CONFIG = ModelConfig(d_vocab=5, n_ctx=6, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=None)
 LOGITS = torch.tensor([[0.0, 5.0, 1.0], [3.0, -1.0, 2.0]])
@@ -142,3 +143,54 @@ def test_sample_next_token_names_bad_inputs(logits, temperature, generator, erro
 def test_generate_names_bad_inputs(model, prompt, kwargs, error, match: str) -> None:
     with raises_one_sentence(error, match):
         generate(model, prompt, **kwargs)
+
+
+# --- continue_text: the optional GPT-2 section of chapter 01, on a tiny random GPT-2 offline ------
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    from test_pretrained import save_tiny_gpt2
+
+    from mechlearn.models import load_pretrained
+
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    save_tiny_gpt2(folder)
+    return load_pretrained(str(folder), device="cpu")
+
+
+def test_continue_text_extends_the_prompt_with_the_samplers_tokens(tiny_gpt2) -> None:
+    greedy = functools.partial(sample_next_token, temperature=0.0)
+    text = continue_text(tiny_gpt2, "abc", 6, greedy)
+    tokens = tiny_gpt2.to_tokens("abc")
+    for _ in range(6):  # the same greedy loop, written out
+        tokens = torch.cat([tokens, tiny_gpt2(tokens)[:, -1].argmax(dim=-1, keepdim=True)], dim=-1)
+    assert text == tiny_gpt2.to_string(tokens[0])
+    nucleus = functools.partial(sample_top_p, p=0.9)
+    assert continue_text(tiny_gpt2, "abc", 6, nucleus, seed=1) == continue_text(tiny_gpt2, "abc", 6, nucleus, seed=1)
+    draws = {continue_text(tiny_gpt2, "abc", 6, nucleus, seed=seed) for seed in range(5)}
+    assert len(draws) > 1  # a random model's nucleus is wide: different seeds, different text
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (("", 3), TypeError, "prompt must be a non-empty str"),
+        (("abc", -1), ValueError, "max_new_tokens must be an int >= 0"),
+        (("abc", 40), ValueError, "pass the model's n_ctx=32"),
+    ],
+    ids=["empty-prompt", "negative-count", "past-n-ctx"],
+)
+def test_continue_text_names_bad_arguments(tiny_gpt2, args, error, match) -> None:
+    with raises_one_sentence(error, match):
+        continue_text(tiny_gpt2, *args, sample_next_token)
+
+
+@pytest.mark.bad_input
+def test_continue_text_needs_a_tokenizer_and_a_sampler(tiny_gpt2) -> None:
+    toy = make_model(ModelConfig(d_vocab=12, n_ctx=8))
+    with raises_one_sentence(ValueError, "model has no tokenizer"):
+        continue_text(toy, "abc", 2, sample_next_token)
+    with raises_one_sentence(TypeError, "sampler must be a function"):
+        continue_text(tiny_gpt2, "abc", 2, "top-p")
