@@ -174,7 +174,7 @@ def _othello_card_metrics(model: TransformerBridge, history: list[dict[str, floa
     metrics: dict[str, Any] = {}
     for prefix, measured in (("held_out", model), ("random_model", random_model)):
         metrics |= {f"{prefix}_{name}": round(value, 5) for name, value in _othello_legal_moves(measured).items()}
-        by_layer = mine_theirs_probe_by_layer(measured)
+        by_layer = _mine_theirs_probe_by_layer(measured)
         metrics |= {f"{prefix}_probe_mine_theirs_by_layer": [round(v, 5) for v in by_layer], f"{prefix}_probe_mine_theirs_best": round(max(by_layer), 5)}
     return metrics
 
@@ -184,15 +184,15 @@ def _othello_legal_moves(model: TransformerBridge) -> dict[str, float]:
     return legal_move_accuracy(model(tokens), OTHELLO_TASK.replay(tokens))
 
 
-def mine_theirs_probe_by_layer(model: TransformerBridge, n_train_games: int = 2000, n_test_games: int = 500) -> list[float]:
+def _mine_theirs_probe_by_layer(model: TransformerBridge, n_train_games: int = 2000, n_test_games: int = 500) -> list[float]:
     """Test accuracy of a linear mine / empty / theirs probe per cell, after 0..n_layers blocks.
 
     Probes train on games drawn with HELD_OUT_SEED + 1 and are tested on HELD_OUT_SEED games, at
     every position in play but the opening (the same board in every game): chapter 04's setup.
     """
-    train_games, test_games = (OTHELLO_TASK.sample(n, torch.Generator().manual_seed(HELD_OUT_SEED + offset))
-                               for n, offset in ((n_train_games, 1), (n_test_games, 0)))
-    (train_stack, train_labels), (test_stack, test_labels) = (_stack_and_labels(model, games) for games in (train_games, test_games))
+    train_games = OTHELLO_TASK.sample(n_train_games, torch.Generator().manual_seed(HELD_OUT_SEED + 1))
+    test_games = OTHELLO_TASK.sample(n_test_games, torch.Generator().manual_seed(HELD_OUT_SEED))
+    (train_stack, train_labels), (test_stack, test_labels) = _stack_and_labels(model, train_games), _stack_and_labels(model, test_games)
     with torch.enable_grad():
         return accuracy_by_layer(train_stack, train_labels, test_stack, test_labels, n_classes=3, progress=False).tolist()
 
@@ -200,7 +200,7 @@ def mine_theirs_probe_by_layer(model: TransformerBridge, n_train_games: int = 20
 def _stack_and_labels(model: TransformerBridge, games: Tensor) -> tuple[Tensor, Tensor]:
     states = OTHELLO_TASK.replay(games)
     keep = states.in_play.clone()
-    keep[:, 0] = False
+    keep[:, 0] = False  # the opening board is the same in every game
     stack = torch.cat([residual_stack(model, chunk) for chunk in games.split(500)], dim=1)
     return stack[:, keep], states.cell_classes("mine_theirs")[keep]
 
@@ -212,7 +212,7 @@ def _othello_recipe() -> Recipe:
         chapter="1_foundations/04_probing_world_models",
         task=task,
         model=ModelConfig(d_vocab=task.d_vocab, n_ctx=task.n_ctx, d_model=128, n_layers=4, n_heads=4, d_head=32, d_mlp=512, seed=0),
-        # 2M fresh games: about an hour on 2 CPU cores. Loss and probes were still improving at 250k games.
+        # 2M fresh games, about 75 minutes on 2 CPU cores; the held-out curves still improve at the end.
         training=TrainConfig(steps=8000, batch_size=256, lr=3e-3, warmup_steps=200, eval_every=250, eval_batch_size=512, seed=0),
         monitor=_othello_monitor,
         card_metrics=_othello_card_metrics,
