@@ -155,6 +155,10 @@ class TransformerBlock(nn.Module):
         resid_pre = _residual(resid_pre, "resid_pre", self.ln1_w, 0)
         normed = layer_norm(resid_pre, self.ln1_w, self.ln1_b)
         resid_mid = resid_pre + attention(normed, self.W_Q, self.b_Q, self.W_K, self.b_K, self.W_V, self.b_V, self.W_O, self.b_O)
+        return self.add_mlp(resid_mid)
+
+    def add_mlp(self, resid_mid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """The second half of the block: `resid_mid` plus the MLP of its LayerNorm (unchanged when attention-only)."""
         if not self.has_mlp:
             return resid_mid
         return resid_mid + mlp(layer_norm(resid_mid, self.ln2_w, self.ln2_b), self.W_in, self.b_in, self.W_out, self.b_out)
@@ -184,6 +188,68 @@ class Transformer(nn.Module):
         for block in self.blocks:
             resid = block(resid)
         return unembed(layer_norm(resid, self.ln_final_w, self.ln_final_b), self.W_U, self.b_U)
+
+
+KVCache = list[tuple[Float[Tensor, "batch pos n_heads d_head"], Float[Tensor, "batch pos n_heads d_head"]]]
+"""Every block's keys and values so far, one `(keys, values)` pair per block."""
+
+
+def empty_kv_cache(model: Transformer, batch: int, device: torch.device) -> KVCache:
+    """A cache that holds no position yet, for `batch` sequences."""
+    n_heads, d_head = model.config.n_heads, model.config.d_head
+    nothing = torch.zeros(batch, 0, n_heads, d_head, device=device, dtype=model.W_E.dtype)
+    return [(nothing, nothing) for _ in model.blocks]
+
+
+def attention_with_kv_cache(
+    block: TransformerBlock,
+    x: Float[Tensor, "batch new_pos d_model"],
+    keys: Float[Tensor, "batch cached_pos n_heads d_head"],
+    values: Float[Tensor, "batch cached_pos n_heads d_head"],
+) -> tuple[Float[Tensor, "batch new_pos d_model"], Float[Tensor, "batch pos n_heads d_head"], Float[Tensor, "batch pos n_heads d_head"]]:
+    """`block`'s attention for the new positions `x` (already through ln1), which come after the cached ones.
+
+    Their queries attend to the cached keys and values and to their own; returns the attention output
+    and the keys and values with the new positions appended. Chapter 01 teaches it (generation with a KV cache).
+    """
+
+    def project(W: Tensor, b: Tensor) -> Float[Tensor, "batch new_pos n_heads d_head"]:
+        return einops.einsum(x, W, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b
+
+    keys = torch.cat([keys, project(block.W_K, block.b_K)], dim=1)
+    values = torch.cat([values, project(block.W_V, block.b_V)], dim=1)
+    scores = einops.einsum(
+        project(block.W_Q, block.b_Q), keys, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos"
+    ) / math.sqrt(block.W_Q.shape[-1])
+    # The queries are the last n_new of the n_all positions: only later new positions are in their future.
+    n_new, n_all = scores.shape[-2:]
+    future = torch.triu(torch.ones(n_new, n_all, dtype=torch.bool, device=x.device), diagonal=n_all - n_new + 1)
+    pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    z = einops.einsum(pattern, values, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head")
+    return einops.einsum(z, block.W_O, "batch pos head d_head, head d_head d_model -> batch pos d_model") + block.b_O, keys, values
+
+
+def forward_with_kv_cache(
+    model: Transformer, tokens: Int[Tensor, "batch new_pos"], cache: KVCache
+) -> tuple[Float[Tensor, "batch new_pos d_vocab"], KVCache]:
+    """The logits of `tokens`, which follow the positions in `cache`, and the cache extended by them.
+
+    Only the new positions run through the model; each takes the positional embedding of its
+    absolute position. Chapter 01 teaches it (generation with a KV cache).
+    """
+    check_token_ids(tokens, "tokens", model.config.d_vocab)
+    if not isinstance(cache, list) or len(cache) != len(model.blocks):
+        raise ValueError(f"cache must be a list of one (keys, values) pair per block ({len(model.blocks)}); start one with empty_kv_cache.")
+    start, n_ctx = cache[0][0].shape[1], model.config.n_ctx
+    if start + tokens.shape[1] > n_ctx:
+        raise ValueError(f"the cache holds {start} positions and tokens adds {tokens.shape[1]}, more than the model's n_ctx={n_ctx}; ask for fewer.")
+    resid = embed(tokens, model.W_E) + model.W_pos[start : start + tokens.shape[1]]
+    extended = []
+    for block, (keys, values) in zip(model.blocks, cache):
+        attn_out, keys, values = attention_with_kv_cache(block, layer_norm(resid, block.ln1_w, block.ln1_b), keys, values)
+        resid = block.add_mlp(resid + attn_out)
+        extended.append((keys, values))
+    return unembed(layer_norm(resid, model.ln_final_w, model.ln_final_b), model.W_U, model.b_U), extended
 
 
 def _copy(target: nn.Parameter, source: Tensor, name: str) -> None:

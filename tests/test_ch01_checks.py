@@ -44,6 +44,7 @@ REFERENCE_ANSWERS = [
     (ch01.check_sample_next_token, sampling.sample_next_token),
     (ch01.check_sample_top_k, sampling.sample_top_k),
     (ch01.check_sample_top_p, sampling.sample_top_p),
+    (ch01.check_generate_with_kv_cache, sampling.generate_with_kv_cache),
     (ch01.check_train_step, train_step),
 ]
 
@@ -710,3 +711,77 @@ def test_failing_check_logs_instead_of_raising(monkeypatch: pytest.MonkeyPatch, 
     out = capsys.readouterr().out
     assert out.startswith("✗ mlp: ") and "✓ mlp: all tests passed" in out
     assert [line.count('"passed": true') for line in log.read_text().splitlines()] == [0, 1]
+
+
+# --- generation with a KV cache --------------------------------------------------------------
+
+
+def kv_cache_generator(position_zero=False, append=True, mask=False, cache_residual=False, only_new=False):
+    """A learner's `generate_with_kv_cache`, written from the chapter's pieces; each flag makes one typical mistake."""
+
+    def project(x, W, b):
+        return einops.einsum(x, W, "batch pos d_model, head d_model d_head -> batch pos head d_head") + b
+
+    def attend(block, x, cached):
+        """`block`'s attention for the positions `x` after the cached ones; the cache to keep."""
+        normed = layer_norm(x, block.ln1_w, block.ln1_b)
+        if cache_residual:  # keeps the residual stream and projects it without ln1
+            kept = torch.cat([cached, x], dim=1) if cached is not None else x
+            keys, values = project(kept, block.W_K, block.b_K), project(kept, block.W_V, block.b_V)
+        else:
+            new_keys, new_values = project(normed, block.W_K, block.b_K), project(normed, block.W_V, block.b_V)
+            keys = torch.cat([cached[0], new_keys], dim=1) if cached is not None else new_keys
+            values = torch.cat([cached[1], new_values], dim=1) if cached is not None else new_values
+            kept = (keys, values) if append or cached is None else cached
+        scores = einops.einsum(project(normed, block.W_Q, block.b_Q), keys, "b q h d, b k h d -> b h q k") / math.sqrt(block.W_Q.shape[-1])
+        if x.shape[1] > 1 or mask:
+            scores = transformer.apply_causal_mask(scores)
+        z = einops.einsum(scores.softmax(dim=-1), values, "b h q k, b k h d -> b q h d")
+        return einops.einsum(z, block.W_O, "b q h d, h d m -> b q m") + block.b_O, kept
+
+    @torch.no_grad()
+    def generate_with_kv_cache(model, prompt, max_new_tokens):
+        caches, tokens, new = [None] * len(model.blocks), prompt, prompt
+        for _ in range(max_new_tokens):
+            start = 0 if position_zero else tokens.shape[1] - new.shape[1]
+            resid = model.W_E[new] + model.W_pos[start : start + new.shape[1]]
+            for layer, block in enumerate(model.blocks):
+                attn_out, caches[layer] = attend(block, resid, caches[layer])
+                resid = block.add_mlp(resid + attn_out)
+            logits = transformer.unembed(layer_norm(resid, model.ln_final_w, model.ln_final_b), model.W_U, model.b_U)
+            new = logits[:, -1:].argmax(dim=-1)
+            tokens = torch.cat([tokens, new], dim=-1)
+        return tokens[:, prompt.shape[1] :] if only_new else tokens
+
+    return generate_with_kv_cache
+
+
+def test_kv_cache_check_passes_on_a_learners_answer(capsys: pytest.CaptureFixture) -> None:
+    ch01.check_generate_with_kv_cache(kv_cache_generator())
+    assert capsys.readouterr().out == "✓ generate_with_kv_cache: all tests passed\n"
+
+
+@pytest.mark.mistake
+def test_kv_cache_with_position_zero_for_every_new_token() -> None:
+    message = expect_failure(ch01.check_generate_with_kv_cache, kv_cache_generator(position_zero=True), hint_contains="absolute position")
+    assert "attention outputs only b_O" in message
+
+
+@pytest.mark.mistake
+@pytest.mark.parametrize(
+    "mistake", [{"append": False}, {"mask": True}, {"cache_residual": True}], ids=["not-appending", "masking-one-query", "caching-the-residual"]
+)
+def test_kv_cache_mistakes(mistake) -> None:
+    expect_failure(ch01.check_generate_with_kv_cache, kv_cache_generator(**mistake), hint_contains="appended to the cache")
+
+
+@pytest.mark.mistake
+def test_kv_cache_returning_only_the_new_tokens() -> None:
+    message = expect_failure(ch01.check_generate_with_kv_cache, kv_cache_generator(only_new=True), hint_contains="the prompt followed by")
+    assert "returned only the 8 new tokens" in message
+
+
+@pytest.mark.mistake
+def test_kv_cache_check_refuses_generation_without_a_cache() -> None:
+    uncached = lambda model, prompt, max_new_tokens: sampling.generate(model, prompt, max_new_tokens)  # noqa: E731
+    expect_failure(ch01.check_generate_with_kv_cache, uncached, hint_contains="each position runs once")

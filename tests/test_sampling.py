@@ -11,7 +11,8 @@ import torch
 from bad_inputs import raises_one_sentence
 
 from mechlearn.models import ModelConfig, make_model
-from mechlearn.sampling import continue_text, generate, sample_next_token, sample_top_k, sample_top_p
+from mechlearn.sampling import continue_text, generate, generate_with_kv_cache, sample_next_token, sample_top_k, sample_top_p
+from mechlearn.transformer import Transformer
 
 CONFIG = ModelConfig(d_vocab=5, n_ctx=6, d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=None)
 LOGITS = torch.tensor([[0.0, 5.0, 1.0], [3.0, -1.0, 2.0]])
@@ -143,6 +144,29 @@ def test_sample_next_token_names_bad_inputs(logits, temperature, generator, erro
 def test_generate_names_bad_inputs(model, prompt, kwargs, error, match: str) -> None:
     with raises_one_sentence(error, match):
         generate(model, prompt, **kwargs)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "prompt, max_new_tokens, error, match",
+    [
+        (PROMPT, 4, ValueError, "max_new_tokens=4 after a prompt of 3 tokens passes the model's n_ctx=6"),
+        (torch.zeros(1, 7, dtype=torch.long), 0, ValueError, "prompt has 7 positions, more than the model's n_ctx=6"),
+        (torch.tensor([[0, 5]]), 1, ValueError, r"prompt must hold token ids in \[0, 5\)"),
+        (PROMPT.float(), 1, TypeError, "prompt must be an integer tensor"),
+        (PROMPT, -1, ValueError, "max_new_tokens must be an int >= 0, got -1"),
+    ],
+    ids=["past-n-ctx", "prompt-too-long", "prompt-vocab", "prompt-float", "negative-count"],
+)
+def test_generate_with_kv_cache_names_bad_inputs(prompt, max_new_tokens, error, match: str) -> None:
+    with raises_one_sentence(error, match):
+        generate_with_kv_cache(Transformer(CONFIG), prompt, max_new_tokens)
+
+
+@pytest.mark.bad_input
+def test_generate_with_kv_cache_needs_a_from_scratch_transformer(model) -> None:
+    with raises_one_sentence(TypeError, "model must be a mechlearn.transformer.Transformer, got TransformerBridge"):
+        generate_with_kv_cache(model, PROMPT, 1)
 
 
 # --- continue_text: the optional GPT-2 section of chapter 01, on a tiny random GPT-2 offline ------

@@ -13,7 +13,7 @@ from bad_inputs import raises_one_sentence
 
 from mechlearn import zoo
 from mechlearn.models import ModelConfig, make_model
-from mechlearn.sampling import generate, sample_next_token
+from mechlearn.sampling import generate, generate_with_kv_cache, sample_next_token
 from mechlearn.tasks import SortingTask
 from mechlearn.transformer import (
     Transformer,
@@ -22,6 +22,8 @@ from mechlearn.transformer import (
     attention,
     attention_scores,
     embed,
+    empty_kv_cache,
+    forward_with_kv_cache,
     layer_norm,
     load_weights_from,
     mlp,
@@ -146,6 +148,33 @@ def test_greedy_generate_sorts_held_out_prompts() -> None:
     # The from-scratch transformer with the zoo weights generates the same completions.
     ours = load_weights_from(Transformer(model.mechlearn_config), model).eval()
     assert torch.equal(generate(ours, prompts[:50], max_new_tokens=task.length), completions[:50])
+
+
+@pytest.mark.parametrize("config", [MLP_CONFIG, ATTN_ONLY_CONFIG], ids=["mlp", "attn_only"])
+def test_kv_cache_gives_the_logits_and_tokens_of_the_whole_model(config: ModelConfig) -> None:
+    ours = load_weights_from(Transformer(config), perturbed_model(config)).eval()
+    prompt = tokens_for(config, batch=3, pos=3)
+    tokens = generate_with_kv_cache(ours, prompt, config.n_ctx - 3)
+    assert torch.equal(tokens, generate(ours, prompt, config.n_ctx - 3))
+    # The prompt in one pass, then one position at a time: every step's logits are the whole model's.
+    with torch.no_grad():
+        logits, cache = forward_with_kv_cache(ours, tokens[:, :3], empty_kv_cache(ours, 3, tokens.device))
+        steps = [logits]
+        for position in range(3, config.n_ctx):
+            logits, cache = forward_with_kv_cache(ours, tokens[:, position : position + 1], cache)
+            steps.append(logits)
+        torch.testing.assert_close(torch.cat(steps, dim=1), ours(tokens), **TOL)
+    assert [keys.shape for keys, _ in cache] == [(3, config.n_ctx, config.n_heads, config.d_head)] * config.n_layers
+
+
+@pytest.mark.bad_input
+def test_forward_with_kv_cache_names_a_cache_that_would_pass_n_ctx() -> None:
+    model = Transformer(SMALL)
+    _, cache = forward_with_kv_cache(model, torch.zeros(1, 3, dtype=torch.long), empty_kv_cache(model, 1, torch.device("cpu")))
+    with raises_one_sentence(ValueError, "the cache holds 3 positions and tokens adds 2, more than the model's n_ctx=4"):
+        forward_with_kv_cache(model, torch.zeros(1, 2, dtype=torch.long), cache)
+    with raises_one_sentence(ValueError, r"cache must be a list of one \(keys, values\) pair per block \(1\)"):
+        forward_with_kv_cache(model, torch.zeros(1, 2, dtype=torch.long), [])
 
 
 def test_generate_with_temperature_is_seeded() -> None:

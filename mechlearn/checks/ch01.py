@@ -5,7 +5,8 @@ same weights and compares the two to 1e-5. The reference model has random weight
 biases and LayerNorm parameters, so forgetting a bias or a LayerNorm scale shows.
 Where that one input cannot tell a near miss from the answer (a hard-coded eps, a
 one-hot sized by the batch, an attention-only block), a second input is compared
-with `mechlearn.transformer`; sampling is checked row by row and for its generator.
+with `mechlearn.transformer`; sampling is checked row by row and for its generator, and
+generation with a KV cache token for token against greedy generation without one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechlearn import transformer
+from mechlearn import sampling, transformer
 from mechlearn.checks.core import CheckFailed, call_learner, call_learner_read_only, check, expect, expect_tensor
 from mechlearn.models import ModelConfig, make_model, model_device
 from mechlearn.tasks import SortingTask
@@ -440,3 +441,85 @@ def check_trained_sorter(model, min_accuracy: float = 0.95) -> None:
         rtol=1e-3,
         hint="a position must not see the tokens after it: check the causal mask in your attention.",
     )
+
+
+KV_CACHE_HINT = (
+    "run the prompt once and keep every block's keys and values, computed from ln1 of that block's own input; then run "
+    "each new token alone: its query attends to all cached keys plus its own key, with no causal mask (nothing comes "
+    "after it), and its key and value are appended to the cache before the next token."
+)
+KV_POSITION_HINT = (
+    "the new token sits at the absolute position prompt_length + i, not at 0: add W_pos[that position], "
+    "not pos_embed of a 1-token sequence (which is always W_pos[0])."
+)
+
+
+def _kv_model(seed: int, attention_on: bool = True) -> transformer.Transformer:
+    """A from-scratch model with random weights, biases and LayerNorm parameters; attention's output
+    fixed at b_O when `attention_on` is False, so only the last token and its position decide the logits."""
+    with torch.random.fork_rng():  # the notebook's own random state stays as it was
+        torch.manual_seed(seed)
+        model = transformer.Transformer(dataclasses.replace(CONFIG, seed=seed))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.3 * torch.randn(parameter.shape))
+            if not attention_on:
+                model.W_pos.mul_(5)  # so that the position moves the greedy token
+                for block in model.blocks:
+                    block.W_O.zero_()
+    return model.eval()
+
+
+def _expect_same_generation(generate_with_kv_cache, model, prompt: torch.Tensor, n_new: int, case: str, hint: str) -> None:
+    """The learner's tokens equal uncached greedy generation's, with a hint for the shape mistakes."""
+    expected = sampling.generate(model, prompt, n_new)
+    whole_runs = []
+    counter = model.register_forward_pre_hook(lambda *_: whole_runs.append(1))
+    try:
+        actual = call_learner_read_only(generate_with_kv_cache, model, prompt, n_new)
+    except CheckFailed as failure:
+        crashed = " raised " in failure.problem
+        raise CheckFailed(f"{case}: {failure.problem}", hint if crashed else failure.hint) from None
+    finally:
+        counter.remove()
+    expect(
+        len(whole_runs) <= 1,
+        f"{case}: your function called the whole model {len(whole_runs)} times, which is generation without a cache",
+        "model(tokens) recomputes every position's keys and values; run the model's pieces yourself "
+        "(embed, the blocks' LayerNorms, attention and MLPs, unembed) so that each position runs once.",
+    )
+    if isinstance(actual, torch.Tensor) and tuple(actual.shape) == (len(prompt), n_new):
+        raise CheckFailed(
+            f"{case}: your function returned only the {n_new} new tokens, shape {tuple(actual.shape)}",
+            "return the prompt followed by the new tokens, shape (batch, prompt_pos + max_new_tokens), as generate does.",
+        )
+    expect_tensor(actual, expected, what=f"the tokens {case}", atol=math.inf, hint=hint)
+    expect(
+        torch.equal(actual[:, : prompt.shape[1]], expected[:, : prompt.shape[1]]),
+        f"{case}: the output does not start with the prompt",
+        "return the prompt followed by the new tokens, as generate does.",
+    )
+    wrong = (actual != expected).nonzero()
+    if len(wrong):
+        row, position = wrong[0].tolist()
+        raise CheckFailed(
+            f"{case}: new token {position - prompt.shape[1] + 1} of row {row} is {actual[row, position].item()}, but greedy "
+            f"generation without a cache gives {expected[row, position].item()} (rows: yours {actual[row].tolist()}, "
+            f"expected {expected[row].tolist()})",
+            hint,
+        )
+
+
+@check
+def check_generate_with_kv_cache(generate_with_kv_cache) -> None:
+    """Greedy generation with a KV cache gives the tokens of greedy generation without one, on several models and prompts."""
+    prompt = torch.randint(0, CONFIG.d_vocab, (4, 3), generator=torch.Generator().manual_seed(0))
+    # With attention's output fixed, only a new token's own embedding and position decide what comes next.
+    case = "on a model whose attention outputs only b_O, so the logits depend on the last token and its position alone"
+    _expect_same_generation(generate_with_kv_cache, _kv_model(1, attention_on=False), prompt, 8, case, KV_POSITION_HINT)
+    generator = torch.Generator().manual_seed(1)
+    for seed in (1, 2):
+        for prompt_length, n_new in [(1, 7), (4, 9), (9, 7)]:
+            prompt = torch.randint(0, CONFIG.d_vocab, (3, prompt_length), generator=generator)
+            case = f"for a batch of {len(prompt)} prompts of length {prompt_length} and {n_new} new tokens, on the model with seed {seed}"
+            _expect_same_generation(generate_with_kv_cache, _kv_model(seed), prompt, n_new, case, KV_CACHE_HINT)
