@@ -548,15 +548,12 @@ def test_find_pretrained_induction_heads_on_a_local_gpt2(tmp_path) -> None:
 
 
 def test_find_pretrained_induction_heads_offline_raises_pretrained_unavailable(tmp_path, monkeypatch) -> None:
+    """Not in the cache and no opt-in to downloads: refused before anything touches the network."""
     import huggingface_hub.constants
 
-    from mechlearn.models import PretrainedUnavailable
+    from mechlearn.models import ONLINE_FLAG, PretrainedUnavailable
 
-    hf_home = tmp_path / "hf_home"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(hf_home))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-    with pytest.raises(PretrainedUnavailable):
+    monkeypatch.delenv(ONLINE_FLAG, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(PretrainedUnavailable, match=ONLINE_FLAG):
         induction.find_pretrained_induction_heads("gpt2", device="cpu")
