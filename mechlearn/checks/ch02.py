@@ -497,13 +497,20 @@ def check_normalised_logit_difference(normalised_logit_difference) -> None:
         )
 
 
+
+@functools.lru_cache(maxsize=1)
+def clean_reference_cache() -> ActivationCache:
+    """The cache of a "clean" batch of the reference model's tokens, for the patching sweeps to patch from."""
+    model, tokens, _ = reference()
+    with torch.no_grad():
+        _, cache = model.run_with_cache((tokens * 5 + 2) % CONFIG.d_vocab)
+    return cache
+
 @check
 def check_patch_every_position(patch_every_position) -> None:
     """Equals the library's sweep; on the sorter the new digit moves from x3 to SEP in layer 0, on a random model it does not."""
     model, tokens, _ = reference()
-    clean_tokens = (tokens * 5 + 2) % CONFIG.d_vocab
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean_tokens)
+    clean_cache = clean_reference_cache()
     weights = torch.linspace(-1.0, 2.0, tokens.shape[1])
 
     def metric(logits: Tensor) -> Tensor:
@@ -549,9 +556,7 @@ def check_patch_every_position(patch_every_position) -> None:
 def check_patch_every_head(patch_every_head) -> None:
     """Equals the library's sweep; on the sorter L0H0 carries most of the new digit to SEP and layer 1 none, on a random model not."""
     model, tokens, _ = reference()
-    clean_tokens = (tokens * 5 + 2) % CONFIG.d_vocab
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean_tokens)
+    clean_cache = clean_reference_cache()
 
     def metric(logits: Tensor) -> Tensor:
         return (logits[..., 0] - logits[..., 1]).mean()
